@@ -1,0 +1,5 @@
+"""``python -m voiceid`` == ``voiceid``."""
+
+from voiceid.cli import main
+
+raise SystemExit(main())

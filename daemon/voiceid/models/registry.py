@@ -1,0 +1,168 @@
+"""The model registry: built-in cards, local models from config, and how to obtain each file.
+
+Names:
+- ``wespeaker-resnet34-lm``: the production model, downloaded from a pinned URL + sha256.
+- ``resemblyzer-ge2e``: Resemblyzer's pretrained GE2E, converted to ONNX from its PyPI wheel.
+- ``wespeaker-resnet34-random``: the exact ResNet34 graph with seeded random weights,
+  built locally; for speed tests and pipeline tests only (it knows no speakers).
+- any local ONNX file registered with a card (``models:`` in config.yaml).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from voiceid import paths
+from voiceid.errors import ModelError
+from voiceid.frontend.base import FrontEndSpec
+from voiceid.models.card import ModelCard
+
+WESPEAKER_URL = (
+    "https://huggingface.co/Wespeaker/wespeaker-resnet34-LM/resolve/"
+    "f0c48c298fd835726c27956a5d617bad7115627e/voxceleb_resnet34_LM.onnx"
+)
+WESPEAKER_SHA256 = "7bb2f06e9df17cdf1ef14ee8a15ab08ed28e8d0ef5054ee135741560df2ec068"
+GE2E_MEMBER_SHA256 = "39373b86598fa3da9fcddee6142382efe09777e8d37dc9c0561f41f0070f134e"
+
+KALDI_80 = FrontEndSpec(kind="kaldi_fbank", num_bins=80, cmn=True)
+MEL_40 = FrontEndSpec(kind="mel_power", num_bins=40, cmn=False, target_dbfs=-30.0)
+
+BUILTIN: dict[str, ModelCard] = {
+    "wespeaker-resnet34-lm": ModelCard(
+        name="wespeaker-resnet34-lm",
+        description="WeSpeaker ResNet34-LM (VoxCeleb2), 256-d, Kaldi fbank 80 + CMN",
+        dim=256,
+        frontend=KALDI_80,
+        sha256=WESPEAKER_SHA256,
+        source=WESPEAKER_URL,
+        filename="voxceleb_resnet34_LM.onnx",
+        license="CC BY 4.0 (VoxCeleb)",
+        threshold=0.5,
+        threshold_source=(
+            "not measurable here (weights unreachable offline); 0.5 is the usual starting point "
+            "for cosine-scored ResNet/ECAPA VoxCeleb models. Measure yours with `voiceid eval` "
+            "and set it with `voiceid threshold set`"
+        ),
+    ),
+    "resemblyzer-ge2e": ModelCard(
+        name="resemblyzer-ge2e",
+        description="Resemblyzer GE2E (3-layer LSTM), 256-d, mel power 40; converted without torch",
+        dim=256,
+        frontend=MEL_40,
+        sha256=GE2E_MEMBER_SHA256,
+        source="pypi:resemblyzer==0.1.4#resemblyzer/pretrained.pt",
+        filename="resemblyzer-ge2e.onnx",
+        license="Apache-2.0",
+        segment_frames=160,
+        segment_step=77,
+        threshold=0.75,
+        threshold_source="see docs/thresholds.md (measured with `voiceid eval`)",
+    ),
+    "wespeaker-resnet34-random": ModelCard(
+        name="wespeaker-resnet34-random",
+        description="exact WeSpeaker ResNet34 graph, seeded random weights: speed tests only",
+        dim=256,
+        frontend=KALDI_80,
+        sha256=None,
+        source="generated (seed 0)",
+        filename="wespeaker-resnet34-random-seed0.onnx",
+        license="n/a",
+        threshold=0.5,
+        threshold_source="random weights: scores are meaningless",
+    ),
+}
+
+DEFAULT_MODEL = "wespeaker-resnet34-lm"
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A card together with the ONNX file on disk."""
+
+    card: ModelCard
+    path: Path
+
+    @property
+    def fingerprint(self) -> str:
+        return self.card.fingerprint()
+
+
+_LOCAL: dict[str, tuple[ModelCard, Path]] = {}
+
+
+def register_local(card: ModelCard, path: Path) -> None:
+    """Make a local ONNX model (brought by the user) known under ``card.name``."""
+    if card.name in BUILTIN:
+        raise ModelError(
+            f"model name {card.name!r} is taken by a built-in model",
+            hint="give your local model another name",
+        )
+    _LOCAL[card.name] = (card, Path(path))
+
+
+def names() -> list[str]:
+    return [*BUILTIN, *_LOCAL]
+
+
+def card(name: str) -> ModelCard:
+    if name in BUILTIN:
+        return BUILTIN[name]
+    if name in _LOCAL:
+        return _LOCAL[name][0]
+    raise ModelError(
+        f"unknown model {name!r}",
+        hint=f"known models: {', '.join(names())} (see `voiceid models list`)",
+    )
+
+
+def model_path(name: str, cache: Path | None = None) -> Path:
+    """Where the model's ONNX file is (or will be) on disk."""
+    c = card(name)
+    if name in _LOCAL:
+        return _LOCAL[name][1]
+    return (cache or paths.cache_dir()) / c.filename
+
+
+def resolve(
+    name: str,
+    *,
+    fetch: bool = False,
+    cache: Path | None = None,
+    sha256: str | None = None,
+) -> ResolvedModel:
+    """Return the model's card and file; obtain the file first when ``fetch``.
+
+    ``sha256`` pins another build of a downloaded model (the fingerprint follows it).
+    Without ``fetch`` a missing file is a ``ModelError`` that says how to get it.
+    """
+    c = card(name)
+    if sha256:
+        c = c.model_copy(update={"sha256": sha256.lower()})
+    path = model_path(name, cache)
+    if path.is_file():
+        return ResolvedModel(c, path)
+    if name in _LOCAL:
+        raise ModelError(
+            f"model file {path} for {name!r} does not exist",
+            hint="fix the path under models: in config.yaml",
+        )
+    if not fetch:
+        raise ModelError(
+            f"model {name!r} is not in the cache ({path})",
+            hint=f"run `voiceid models fetch {name}` (needs network), or place the file there",
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if name == "wespeaker-resnet34-lm":
+        from voiceid.models.download import fetch as download
+
+        download(c.source, path, c.sha256)
+    elif name == "resemblyzer-ge2e":
+        from voiceid.models.ge2e import ensure_ge2e_onnx
+
+        path = ensure_ge2e_onnx(path.parent)
+    elif name == "wespeaker-resnet34-random":
+        from voiceid.models.resnet34 import save_resnet34
+
+        save_resnet34(path, seed=0)
+    return ResolvedModel(c, path)
