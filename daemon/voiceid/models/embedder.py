@@ -38,10 +38,10 @@ class Segment:
 class Embedder:
     """A loaded model plus its front-end; thread-compatible (ONNX Runtime sessions are)."""
 
-    def __init__(self, model: EmbeddingModel) -> None:
+    def __init__(self, model: EmbeddingModel, fingerprint: str | None = None) -> None:
         self.model = model
         self.card: ModelCard = model.card
-        self.fingerprint = model.card.fingerprint()
+        self.fingerprint = fingerprint or model.card.fingerprint()
 
     @classmethod
     def load(
@@ -51,10 +51,11 @@ class Embedder:
         device: Device = "auto",
         threads: int | None = None,
         fetch: bool = True,
+        sha256: str | None = None,
     ) -> Embedder:
-        resolved = registry.resolve(name, fetch=fetch)
-        return cls(EmbeddingModel(resolved.path, resolved.card, device=device,
-                                  intra_threads=threads))
+        resolved = registry.resolve(name, fetch=fetch, sha256=sha256)
+        model = EmbeddingModel(resolved.path, resolved.card, device=device, intra_threads=threads)
+        return cls(model, resolved.fingerprint)
 
     @property
     def sample_rate(self) -> int:

@@ -85,7 +85,12 @@ class ResolvedModel:
 
     @property
     def fingerprint(self) -> str:
-        return self.card.fingerprint()
+        """Card fingerprint; models without a pinned hash are identified by their file's hash."""
+        if self.card.sha256:
+            return self.card.fingerprint()
+        from voiceid.models.download import sha256_file
+
+        return self.card.fingerprint(sha256_file(self.path))
 
 
 _LOCAL: dict[str, tuple[ModelCard, Path]] = {}
