@@ -1,0 +1,191 @@
+"""config.yaml, validated by pydantic; ``VOICEID_*`` environment variables override it.
+
+Nested keys in the environment use ``__``: ``VOICEID_WEBSOCKET__PORT=9000``.
+Every option, its unit and default is documented in the shipped ``config.yaml``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from voiceid.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSection(_Section):
+    name: str = "wespeaker-resnet34-lm"
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    threads: int | None = Field(default=None, ge=1, le=256)  # CPU threads per inference
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")  # pin another build
+    fetch: bool = True  # download/build the model at start when it is missing
+
+
+class LocalModel(_Section):
+    """A user's own ONNX speaker model: input [B, T, num_bins] -> output [B, dim]."""
+
+    path: Path
+    dim: int = Field(gt=0)
+    frontend: Literal["kaldi_fbank", "mel_power"] = "kaldi_fbank"
+    num_bins: int = Field(default=80, gt=0)
+    cmn: bool = True
+    input_name: str = "feats"
+    output_name: str = "embs"
+    threshold: float = Field(default=0.5, ge=-1, le=1)
+    description: str = ""
+
+
+class StreamSection(_Section):
+    hop_s: float = Field(default=0.5, ge=0.1, le=5.0)  # seconds of new audio between windows
+    window_s: float = Field(default=2.0, ge=0.5, le=10.0)  # seconds of audio per embedding
+    min_voiced_s: float = Field(default=1.0, ge=0.0, le=10.0)  # voiced seconds a window needs
+    vad: Literal["webrtc", "energy"] = "webrtc"
+    vad_mode: int = Field(default=2, ge=0, le=3)  # webrtcvad aggressiveness
+    energy_dbfs: float = Field(default=-45.0, le=0.0)  # energy gate level
+
+
+class DecisionSection(_Section):
+    threshold: float | None = Field(default=None, ge=-1, le=1)  # None: stored or model default
+    exit_margin: float = Field(default=0.05, ge=0, le=1)  # exit = threshold - margin
+    smoothing: Literal["ema", "vote"] = "ema"
+    alpha: float = Field(default=0.5, gt=0, le=1)  # EMA weight of the newest hop
+    vote_k: int = Field(default=3, ge=1, le=50)
+    min_dwell_hops: int = Field(default=2, ge=1, le=50)
+    change_margin: float = Field(default=0.05, ge=0, le=1)
+    end_silence_s: float = Field(default=1.0, gt=0, le=60)
+    scores_interval_s: float = Field(default=1.0, gt=0)
+    top_k: int = Field(default=3, ge=0, le=100)
+
+
+class EngineSection(_Section):
+    max_batch: int = Field(default=64, ge=1, le=4096)  # windows per inference call
+    max_wait_ms: float = Field(default=5.0, ge=0, le=1000)  # wait for more windows
+    max_pending: int = Field(default=256, ge=1, le=1 << 20)  # queued windows; more are skipped
+    batch_buckets: bool = True  # pad batches to powers of two so shapes repeat
+
+
+class WebSocketSection(_Section):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=8765, ge=0, le=65535)
+    max_message_bytes: int = Field(default=1 << 20, ge=1024)  # largest frame accepted
+    max_streams: int = Field(default=64, ge=1)  # concurrent audio streams
+    event_queue: int = Field(default=256, ge=1)  # events buffered per client before it is dropped
+    start_timeout_s: float = Field(default=10.0, gt=0)  # time to send the start message
+
+
+class MicSection(_Section):
+    name: str = "mic"  # stream name in events
+    device: str | int | None = None  # sounddevice name or index; None: the default input
+    sample_rate: int = Field(default=16000, ge=8000, le=192000)
+    channels: int = Field(default=1, ge=1, le=8)
+    block_ms: int = Field(default=20, ge=5, le=500)
+    queue_blocks: int = Field(default=100, ge=2)  # blocks buffered; older ones are dropped
+
+
+class LogSection(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    json_format: bool = Field(default=False, alias="json")
+
+
+class Settings(BaseSettings):
+    """The whole configuration. Unknown keys are errors (typos must not pass silently)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="VOICEID_", env_nested_delimiter="__", extra="forbid",
+        populate_by_name=True,
+    )
+
+    model: ModelSection = ModelSection()
+    models: dict[str, LocalModel] = {}
+    db: Path | None = None  # profiles database; None: STATE_DIR/profiles.db
+    stream: StreamSection = StreamSection()
+    decision: DecisionSection = DecisionSection()
+    engine: EngineSection = EngineSection()
+    websocket: WebSocketSection = WebSocketSection()
+    mics: list[MicSection] = []
+    stdout_events: bool = True  # JSON lines of every event on stdout
+    log: LogSection = LogSection()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # environment first (wins), then the YAML passed as init kwargs
+        return (env_settings, init_settings)
+
+
+def _line_of(node: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
+    """1-based line of the YAML node at ``loc`` (deepest existing ancestor)."""
+    line = None if node is None else node.start_mark.line + 1
+    for key in loc:
+        if isinstance(node, yaml.MappingNode):
+            nxt = next((v for k, v in node.value if k.value == key), None)
+            if nxt is None:
+                key_node = next((k for k, _ in node.value if k.value == key), None)
+                return key_node.start_mark.line + 1 if key_node else line
+            node = nxt
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(
+            node.value
+        ):
+            node = node.value[key]
+        else:
+            return line
+        line = node.start_mark.line + 1
+    return line
+
+
+def format_errors(exc: ValidationError, path: Path | None, root: yaml.Node | None) -> list[str]:
+    """One line per error: ``file:line: key.path: message``."""
+    out = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        line = _line_of(root, loc) if root is not None else None
+        where = f"{path}:{line}" if path and line else str(path or "config")
+        out.append(f"{where}: {key}: {err['msg']}")
+    return out
+
+
+def load_settings(path: Path | None) -> Settings:
+    """Read and validate ``path`` (None: defaults + environment only)."""
+    data: dict[str, Any] = {}
+    root: yaml.Node | None = None
+    if path is not None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read config {path}: {exc.strerror}",
+                              hint="check the path given to --config") from exc
+        try:
+            root = yaml.compose(text)
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}" if mark else str(path)
+            raise ConfigError(f"{where}: invalid YAML: {exc}".splitlines()[0],
+                              hint="fix the YAML syntax") from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+        data = loaded
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        lines = format_errors(exc, path, root)
+        raise ConfigError(
+            f"invalid configuration ({len(lines)} error(s)):\n" + "\n".join(lines)
+        ) from exc
