@@ -1,0 +1,203 @@
+"""Per-stream window maker: samples in, one hop marker every ``hop_s`` of audio out.
+
+Hops are fixed in sample time: hop ``k`` (1, 2, ...) ends at sample ``k * hop_samples``
+of the stream, whatever the chunking of the input. At each hop boundary the scheduler
+emits exactly one of
+
+* :class:`WindowRequest` - the window (the newest ``window_s`` of audio) is full and holds
+  at least ``min_voiced_s`` of voice: its features, ready for the embedding model;
+* :class:`SilentHop` - too little voice (so a decider can time a speaker out);
+* nothing - enough voice but the window is not full yet (stream start).
+
+Each new sample goes through the front-end once (incremental features); a window is
+never recomputed, only sliced from the frame ring and normalised per window
+(``FrontEnd.normalize_window``, e.g. CMN). Windows always have exactly
+``window_frames = round(window_s * sample_rate / frame_shift)`` frames (200 for 2 s at
+10 ms), so batch shapes repeat.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from voiceid.errors import ConfigError, ProtocolError
+from voiceid.frontend.base import FrontEnd
+from voiceid.stream.ring import FrameRing, SampleRing
+from voiceid.stream.vad import FRAME_S, VadConfig, VoiceGate
+
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerConfig:
+    """When windows are cut. Times in seconds, rates in Hz."""
+
+    sample_rate: int = 16000  # Hz; must equal the front-end's
+    hop_s: float = 0.5  # audio between two hops (one decision per hop)
+    window_s: float = 2.0  # audio per window sent to the model
+    min_voiced_s: float = 1.0  # voice needed inside the window for a request
+    min_hop_voiced_s: float = 0.0  # voice needed inside the newest hop (0: no such rule)
+    vad: VadConfig = field(default_factory=VadConfig)
+
+    def __post_init__(self) -> None:
+        if self.sample_rate <= 0:
+            raise ConfigError(f"sample_rate must be > 0, got {self.sample_rate}")
+        if self.hop_samples < 1 or self.window_samples < 1:
+            raise ConfigError(
+                f"hop_s and window_s must be > 0, got {self.hop_s} and {self.window_s}"
+            )
+        if not 0.0 <= self.min_voiced_s <= self.window_s:
+            raise ConfigError(
+                f"min_voiced_s must be in [0, window_s={self.window_s}], got {self.min_voiced_s}"
+            )
+        if not 0.0 <= self.min_hop_voiced_s <= self.hop_s:
+            raise ConfigError(
+                f"min_hop_voiced_s must be in [0, hop_s={self.hop_s}], got {self.min_hop_voiced_s}"
+            )
+        if self.vad.history_s < self.window_s:
+            raise ConfigError(
+                f"vad.history_s ({self.vad.history_s}) must be ≥ window_s ({self.window_s})"
+            )
+
+    @property
+    def hop_samples(self) -> int:
+        """Samples per hop."""
+        return round(self.hop_s * self.sample_rate)
+
+    @property
+    def window_samples(self) -> int:
+        """Samples per window (passed to ``normalize_window``)."""
+        return round(self.window_s * self.sample_rate)
+
+    def window_frames(self, frame_shift: int) -> int:
+        """Feature frames per window (T) for a front-end with this ``frame_shift``."""
+        return max(1, round(self.window_s * self.sample_rate / frame_shift))
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class WindowRequest:
+    """One window to embed. ``feats`` is read-only float32 [T, F], already normalised."""
+
+    stream: str
+    seq: int  # hop number, 1-based: the hop ends at seq * hop_samples
+    end_sample: int  # absolute sample index just past the window (= hop end)
+    stream_time_s: float  # end_sample / sample_rate
+    feats: NDArray[np.float32]  # [T, F]
+    fed_at: float  # clock() when the hop's last sample was fed
+    voiced_s: float  # seconds of voice inside the window
+
+
+@dataclass(frozen=True, slots=True)
+class SilentHop:
+    """A hop whose window held too little voice: no request, no identity."""
+
+    stream: str
+    seq: int
+    end_sample: int
+    stream_time_s: float
+    fed_at: float
+    voiced_s: float
+
+
+Hop = WindowRequest | SilentHop
+
+
+class HopScheduler:
+    """Cuts one stream into hops and windows; holds only bounded rings."""
+
+    def __init__(
+        self,
+        stream: str,
+        frontend: FrontEnd,
+        config: SchedulerConfig | None = None,
+        *,
+        clock: Clock = time.time,
+    ) -> None:
+        self.stream = stream
+        self.frontend = frontend
+        self.config = cfg = config or SchedulerConfig()
+        spec = frontend.spec
+        if spec.sample_rate != cfg.sample_rate:
+            raise ConfigError(
+                f"front-end runs at {spec.sample_rate} Hz, scheduler at {cfg.sample_rate} Hz",
+                hint="set scheduler sample_rate to the front-end's",
+            )
+        self._clock = clock
+        self.window_frames = cfg.window_frames(spec.frame_shift)
+        self._vad_frames = round(cfg.window_s / FRAME_S)  # 10 ms flags per window
+        self._hop_vad_frames = round(cfg.hop_s / FRAME_S)
+        self._samples = SampleRing(cfg.window_samples)
+        self._frames = FrameRing(self.window_frames, spec.num_bins)
+        self.gate = VoiceGate(cfg.vad, cfg.sample_rate)
+
+    @property
+    def samples_in(self) -> int:
+        """Samples fed so far (absolute)."""
+        return self._samples.total
+
+    @property
+    def stream_time_s(self) -> float:
+        """Seconds of audio fed so far."""
+        return self._samples.total / self.config.sample_rate
+
+    def feed(self, samples: ArrayLike) -> list[Hop]:
+        """Consume new samples (float32 in [-1, 1)); return the hops they complete, in order."""
+        now = self._clock()
+        x = _checked(samples)
+        hop = self.config.hop_samples
+        out: list[Hop] = []
+        i = 0
+        while i < x.size:
+            take = hop - self._samples.total % hop  # samples to the next hop boundary
+            piece = x[i : i + take]
+            self._push(piece)
+            i += piece.size
+            if self._samples.total % hop == 0:
+                marker = self._hop(now)
+                if marker is not None:
+                    out.append(marker)
+        return out
+
+    def _push(self, piece: NDArray[np.float32]) -> None:
+        self.gate.accept(piece)
+        self._frames.extend(self.frontend.accept(piece))
+        self._samples.extend(piece)
+
+    def _hop(self, now: float) -> Hop | None:
+        cfg = self.config
+        end = self._samples.total
+        seq = end // cfg.hop_samples
+        t = end / cfg.sample_rate
+        voiced = self.gate.voiced_s(self._vad_frames)
+        hop_voiced = self.gate.voiced_s(self._hop_vad_frames)
+        eps = 1e-9
+        if voiced + eps < cfg.min_voiced_s or hop_voiced + eps < cfg.min_hop_voiced_s:
+            return SilentHop(self.stream, seq, end, t, now, voiced)
+        if self._frames.size < self.window_frames or self._samples.size < cfg.window_samples:
+            return None  # warming up: not enough audio for a full window yet
+        frames = self._frames.last(self.window_frames)
+        feats = self.frontend.normalize_window(frames, self._samples.last(cfg.window_samples))
+        feats = np.ascontiguousarray(feats, dtype=np.float32)
+        if feats.shape != frames.shape:
+            raise ConfigError(
+                f"normalize_window changed the window shape {frames.shape} → {feats.shape}"
+            )
+        feats.flags.writeable = False
+        return WindowRequest(self.stream, seq, end, t, feats, now, voiced)
+
+
+def _checked(samples: ArrayLike) -> NDArray[np.float32]:
+    x = np.asarray(samples, dtype=np.float32)
+    if x.ndim != 1:
+        raise ProtocolError(
+            f"audio must be a 1-D array of samples, got shape {x.shape}",
+            hint="send mono audio",
+        )
+    if not np.isfinite(x).all():
+        raise ProtocolError("audio contains NaN or infinite samples", hint="send PCM audio")
+    return x

@@ -1,0 +1,123 @@
+"""Incremental voice gate: one voice flag per 10 ms frame of a stream.
+
+Two detectors:
+
+* ``webrtc`` (default): webrtcvad (aggressiveness ``mode`` 0-3) on ``window_ms``
+  sub-windows (10, 20 or 30 ms); each sub-window's decision is copied to its 10 ms frames,
+  so flags arrive in groups of ``window_ms / 10``.
+* ``energy``: a 10 ms frame is voice when its RMS level is at least ``energy_dbfs``.
+
+In both, a 10 ms frame quieter than ``floor_dbfs`` is never voice: webrtcvad alone fires
+on hiss, and digital silence or low noise must not open a window. Levels are RMS in dBFS
+relative to 1.0 (a full-scale square wave is 0 dBFS, a full-scale sine −3 dBFS).
+
+Memory is bounded: < one sub-window of pending samples plus ``history_s`` of flags.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import webrtcvad
+from numpy.typing import ArrayLike, NDArray
+
+from voiceid.errors import ConfigError
+from voiceid.stream.ring import FlagRing
+
+FRAME_S = 0.010  # seconds per voice flag
+
+
+@dataclass(frozen=True, slots=True)
+class VadConfig:
+    """Voice gate settings; the defaults are what the daemon uses."""
+
+    kind: Literal["webrtc", "energy"] = "webrtc"
+    mode: int = 2  # webrtcvad aggressiveness, 0 (lenient) .. 3 (strict)
+    window_ms: int = 30  # webrtcvad sub-window: 10, 20 or 30 ms
+    energy_dbfs: float = -40.0  # energy kind: 10 ms frames at least this loud are voice
+    floor_dbfs: float = -50.0  # both kinds: 10 ms frames quieter than this are never voice
+    history_s: float = 4.0  # seconds of flags kept for voiced_s()
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("webrtc", "energy"):
+            raise ConfigError(f"vad kind must be 'webrtc' or 'energy', got {self.kind!r}")
+        if self.mode not in (0, 1, 2, 3):
+            raise ConfigError(f"vad mode must be 0..3, got {self.mode}")
+        if self.window_ms not in (10, 20, 30):
+            raise ConfigError(f"vad window_ms must be 10, 20 or 30, got {self.window_ms}")
+        if self.history_s < FRAME_S:
+            raise ConfigError(f"vad history_s must be ≥ 0.01, got {self.history_s}")
+
+
+def level_dbfs(frames: NDArray[np.float32]) -> NDArray[np.float64]:
+    """RMS level in dBFS of each row of ``frames`` [n, samples]; −120 for digital silence."""
+    x = frames.astype(np.float64)
+    power: NDArray[np.float64] = np.mean(x * x, axis=1)
+    level: NDArray[np.float64] = 10.0 * np.log10(np.maximum(power, 1e-12))
+    return level
+
+
+def to_pcm16(samples: NDArray[np.float32]) -> bytes:
+    """float32 in [-1, 1] → little-endian int16 bytes (rounded, clipped), as webrtcvad wants."""
+    return np.clip(np.round(samples * 32768.0), -32768, 32767).astype("<i2").tobytes()
+
+
+class VoiceGate:
+    """Feed samples, get one voice flag per completed 10 ms frame."""
+
+    def __init__(self, config: VadConfig | None = None, sample_rate: int = 16000) -> None:
+        self.config = config = config or VadConfig()
+        if sample_rate not in (8000, 16000, 32000, 48000):
+            raise ConfigError(f"VoiceGate needs 8/16/32/48 kHz audio, got {sample_rate} Hz")
+        self.sample_rate = sample_rate
+        self.frame = sample_rate // 100  # samples per 10 ms flag
+        per = config.window_ms // 10 if config.kind == "webrtc" else 1
+        self._per = per  # flags per analysis window
+        self._window = self.frame * per  # samples per analysis window
+        self._vad = webrtcvad.Vad(config.mode) if config.kind == "webrtc" else None
+        self._pending = np.zeros(0, dtype=np.float32)
+        self._flags = FlagRing(max(1, round(config.history_s / FRAME_S)))
+
+    @property
+    def frames_out(self) -> int:
+        """10 ms flags produced so far (absolute)."""
+        return self._flags.total
+
+    def accept(self, samples: ArrayLike) -> NDArray[np.bool_]:
+        """Consume new samples; return the flags of the 10 ms frames they complete."""
+        x = np.asarray(samples, dtype=np.float32).reshape(-1)
+        buf = np.concatenate([self._pending, x]) if self._pending.size else x
+        windows = buf.size // self._window
+        used = windows * self._window
+        self._pending = buf[used:].copy()
+        if windows == 0:
+            return np.zeros(0, dtype=np.bool_)
+        frames = buf[:used].reshape(windows * self._per, self.frame)
+        level = level_dbfs(frames)
+        flags = level >= self.config.floor_dbfs
+        if self._vad is None:
+            flags &= level >= self.config.energy_dbfs
+        else:
+            by_window = flags.reshape(windows, self._per)
+            pcm = buf[:used].reshape(windows, self._window)
+            for i in np.flatnonzero(by_window.any(axis=1)):
+                if not self._vad.is_speech(to_pcm16(pcm[i]), self.sample_rate):
+                    by_window[i] = False
+            flags = by_window.reshape(-1)
+        self._flags.extend(flags)
+        return flags
+
+    def voiced_frames(self, last_n_frames: int) -> int:
+        """Voiced 10 ms frames among the newest ``last_n_frames`` flags (fewer if not yet)."""
+        return self._flags.count(last_n_frames)
+
+    def voiced_s(self, last_n_frames: int) -> float:
+        """Seconds of voice among the newest ``last_n_frames`` 10 ms flags."""
+        return self.voiced_frames(last_n_frames) * FRAME_S
+
+    def reset(self) -> None:
+        """Forget pending samples and flags."""
+        self._pending = np.zeros(0, dtype=np.float32)
+        self._flags.clear()
