@@ -1,0 +1,219 @@
+"""The hub: live streams, one shared batching engine, scoring, and the event bus.
+
+Everything here runs on the event loop thread except the engine's worker, whose
+results come back through ``loop.call_soon_threadsafe`` (one call per batch).
+Sources (WebSocket, microphone) only call :meth:`Hub.open_stream` and feed bytes or
+samples; sinks subscribe to :attr:`Hub.bus`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Literal
+
+import numpy as np
+from numpy.typing import NDArray
+
+from voiceid.audio.convert import PcmDecoder
+from voiceid.errors import ProtocolError
+from voiceid.frontend import make_frontend
+from voiceid.models.embedder import Embedder
+from voiceid.runtime.bus import EventBus
+from voiceid.stream.engine import BatchEngine, EmbedResult, batch_buckets
+from voiceid.stream.events import Event
+from voiceid.stream.pipeline import Scorer, StreamCore, StreamConfig
+from voiceid.stream.scheduler import SilentHop
+
+log = logging.getLogger(__name__)
+
+Encoding = Literal["pcm_s16le", "f32le"]
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    max_batch: int = 64  # windows per inference call
+    max_wait_ms: float = 5.0  # wait for more windows after the first
+    max_pending: int = 256  # queued windows; more are skipped (counted)
+    batch_buckets: bool = True  # pad batches to powers of two
+
+
+class LiveStream:
+    """One live audio stream: bytes or samples in, events out through the hub's bus."""
+
+    def __init__(
+        self,
+        hub: Hub,
+        name: str,
+        core: StreamCore,
+        decoder: PcmDecoder | None,
+    ) -> None:
+        self.hub = hub
+        self.name = name
+        self.core = core
+        self.decoder = decoder
+        self.token = secrets.token_hex(3)  # makes event ids unique across reconnects
+        self.closed = False
+        self.opened_at = time.time()
+
+    def feed_bytes(self, data: bytes) -> None:
+        """Raw PCM in the format given at open; raises ``ProtocolError`` on bad audio."""
+        if self.decoder is None:
+            raise ProtocolError(f"stream {self.name!r} takes samples, not bytes")
+        self.feed_samples(self.decoder.decode(data))
+
+    def feed_samples(self, samples: NDArray[np.float32]) -> None:
+        """float32 mono samples at 16 kHz."""
+        if self.closed or len(samples) == 0:
+            return
+        hub = self.hub
+        for hop in self.core.feed(samples):
+            if isinstance(hop, SilentHop):
+                self.publish(self.core.on_silent(hop))
+            elif hub.engine.submit(hop):
+                hub._inflight[id(hop)] = self
+            else:
+                hub.skipped_hops += 1
+                self.publish(self.core.on_skipped(hop))
+
+    def publish(self, events: Sequence[Event]) -> None:
+        if events:
+            self.hub.bus.publish([replace(e, id=f"{self.token}-{e.id}") for e in events])
+
+    def close(self) -> None:
+        """End the stream: flush the resampler, end the current speaker, publish the rest."""
+        if self.closed:
+            return
+        if self.decoder is not None:
+            tail = self.decoder.flush()
+            if len(tail):
+                self.feed_samples(tail)
+        self.closed = True
+        self.publish(self.core.close())
+        self.hub._forget(self)
+
+
+class Hub:
+    """Owns the engine and all live streams of the daemon."""
+
+    def __init__(
+        self,
+        embedder: Embedder,
+        scorer: Scorer,
+        stream_config: StreamConfig,
+        engine_config: EngineConfig | None = None,
+        *,
+        max_streams: int = 64,
+    ) -> None:
+        self.embedder = embedder
+        self.scorer = scorer
+        self.stream_config = stream_config
+        self.engine_config = ec = engine_config or EngineConfig()
+        self.max_streams = max_streams
+        self.bus = EventBus()
+        self.streams: dict[str, LiveStream] = {}
+        self.skipped_hops = 0
+        self.failed_windows = 0
+        self._inflight: dict[int, LiveStream] = {}  # id(WindowRequest) -> its stream
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.engine = BatchEngine(
+            embedder.embed_features,
+            self._deliver_from_thread,
+            max_batch=ec.max_batch,
+            max_wait_ms=ec.max_wait_ms,
+            max_pending=ec.max_pending,
+            pad_batches=ec.batch_buckets,
+        )
+
+    # -- lifecycle ------------------------------------------------------------------
+    async def start(self) -> None:
+        """Bind to the running loop and warm every batch bucket (readiness comes after)."""
+        self._loop = asyncio.get_running_loop()
+        await asyncio.to_thread(self.warm_up)
+
+    def warm_up(self) -> None:
+        """Run each batch shape once so the provider plans (and CUDA allocates) up front."""
+        spec = self.embedder.card.frontend
+        frames = self.window_frames()
+        sizes = batch_buckets(self.engine_config.max_batch) if self.engine_config.batch_buckets \
+            else (1,)
+        for b in sizes:
+            self.embedder.embed_features(np.zeros((b, frames, spec.num_bins), np.float32))
+
+    def window_frames(self) -> int:
+        """Frames per window (fixed): what the front-end makes of ``window_s`` of audio."""
+        sc = self.stream_config.scheduler
+        return round(sc.window_s * sc.sample_rate) // self.embedder.card.frontend.frame_shift
+
+    async def close(self) -> None:
+        """Close every stream (their last events are published), then stop the engine."""
+        for stream in list(self.streams.values()):
+            stream.close()
+        await asyncio.to_thread(self.engine.close)
+        self.bus.close()
+
+    # -- streams --------------------------------------------------------------------
+    def open_stream(
+        self,
+        name: str,
+        *,
+        sample_rate: int = 16000,
+        encoding: Encoding | None = "pcm_s16le",
+        channels: int = 1,
+    ) -> LiveStream:
+        """A new live stream; ``encoding=None`` means the caller feeds float32 samples."""
+        if name in self.streams:
+            raise ProtocolError(f"stream {name!r} is already open",
+                                hint="use another stream name or close the other one")
+        if len(self.streams) >= self.max_streams:
+            raise ProtocolError(f"too many streams ({self.max_streams} open)",
+                                hint="raise websocket.max_streams or close idle streams")
+        decoder = PcmDecoder(sample_rate, encoding, channels) if encoding else None
+        core = StreamCore(name, make_frontend(self.embedder.card.frontend), self.stream_config)
+        stream = LiveStream(self, name, core, decoder)
+        self.streams[name] = stream
+        log.info("stream %s opened (%s Hz, %s, %d ch)", name, sample_rate, encoding, channels)
+        return stream
+
+    def _forget(self, stream: LiveStream) -> None:
+        if self.streams.get(stream.name) is stream:
+            del self.streams[stream.name]
+            log.info("stream %s closed", stream.name)
+
+    def set_scorer(self, scorer: Scorer) -> None:
+        """Swap the enrolled profiles (reload); takes effect from the next result."""
+        self.scorer = scorer
+
+    # -- engine results ---------------------------------------------------------------
+    def _deliver_from_thread(self, results: Sequence[EmbedResult]) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            loop.call_soon_threadsafe(self._on_results, results)
+        except RuntimeError:  # loop closed while shutting down
+            pass
+
+    def _on_results(self, results: Sequence[EmbedResult]) -> None:
+        live: list[tuple[EmbedResult, LiveStream]] = []
+        for r in results:
+            owner = self._inflight.pop(id(r.request), None)
+            if owner is not None and not owner.closed:
+                live.append((r, owner))
+        good = [(r, s) for r, s in live if r.embedding is not None]
+        for r, s in live:
+            if r.embedding is None:
+                self.failed_windows += 1
+                s.publish(s.core.on_skipped(r.request, error=True))
+        if not good:
+            return
+        scorer = self.scorer
+        names = list(scorer.names)
+        embs = np.stack([r.embedding for r, _ in good if r.embedding is not None])
+        table = np.asarray(scorer.scores(embs)).reshape(len(good), len(names))
+        for i, (r, s) in enumerate(good):
+            s.publish(s.core.on_scores(r.request, table[i], names))
