@@ -48,7 +48,7 @@ class StreamSection(_Section):
     min_voiced_s: float = Field(default=1.0, ge=0.0, le=10.0)  # voiced seconds a window needs
     vad: Literal["webrtc", "energy"] = "webrtc"
     vad_mode: int = Field(default=2, ge=0, le=3)  # webrtcvad aggressiveness
-    energy_dbfs: float = Field(default=-45.0, le=0.0)  # energy gate level
+    energy_dbfs: float = Field(default=-40.0, le=0.0)  # energy gate level
 
 
 class DecisionSection(_Section):

@@ -16,7 +16,7 @@ from numpy.typing import NDArray
 from voiceid.audio.vad import frame_dbfs, voice_flags
 from voiceid.errors import AudioError, ProfileError
 from voiceid.models.embedder import Embedder
-from voiceid.profiles.model import Profile, Utterance, centroid
+from voiceid.profiles.model import Profile, Utterance, centroid, check_name
 from voiceid.profiles.store import ProfileStore
 
 Vector = NDArray[np.float32]
@@ -114,13 +114,8 @@ class EnrollmentSession:
         policy: EnrollmentPolicy | None = None,
         replace: bool = False,
     ) -> EnrollmentSession:
-        name = name.strip()
-        if not name or len(name) > 64 or any(ord(c) < 32 for c in name):
-            raise ProfileError(
-                f"invalid profile name {name!r}",
-                hint="use 1-64 printable characters",
-            )
-        if not replace and store.exists(name):
+        name = check_name(name)
+        if not replace and name in store:
             raise ProfileError(
                 f"a profile named {name!r} already exists",
                 hint="choose another name, delete it first, or re-enroll with --replace",
@@ -221,9 +216,10 @@ class EnrollmentSession:
                 f"{prog.required_s:.0f} s of speech",
                 hint="add more utterances (longer speech) before finishing",
             )
-        if self.replace and self.store.exists(self.name):
+        if self.replace and self.name in self.store:
             profile = self.store.replace_utterances(
-                self.name, self.fingerprint, self.model_name, self.utterances
+                self.name, self.utterances, fingerprint=self.fingerprint,
+                model_name=self.model_name,
             )
         else:
             profile = self.store.add(

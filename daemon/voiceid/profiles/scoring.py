@@ -8,7 +8,6 @@ import numpy as np
 from numpy.typing import NDArray
 
 from voiceid.errors import ProfileError
-from voiceid.models import registry
 from voiceid.profiles.index import ProfileIndex
 from voiceid.profiles.model import Profile
 from voiceid.profiles.store import ProfileStore
@@ -37,12 +36,6 @@ class Identification:
     matches: tuple[Match, ...]  # best first
 
 
-def threshold_for(store: ProfileStore, fingerprint: str, model_name: str) -> float:
-    """The stored threshold for this embedding space, else the model's default."""
-    stored = store.get_threshold(fingerprint)
-    return stored if stored is not None else registry.card(model_name).threshold
-
-
 def require_same_model(profile: Profile, fingerprint: str, model_name: str) -> None:
     if profile.fingerprint != fingerprint:
         raise ProfileError(
@@ -55,16 +48,16 @@ def require_same_model(profile: Profile, fingerprint: str, model_name: str) -> N
 
 def verify(
     store: ProfileStore, name: str, embedding: Vector, *, fingerprint: str, model_name: str,
-    threshold: float | None = None,
+    threshold: float,
 ) -> Verification:
+    """Score ``embedding`` against the centroid of profile ``name`` (1:1)."""
     profile = store.get(name)
     require_same_model(profile, fingerprint, model_name)
     score = float(np.dot(profile.centroid, embedding))
-    t = threshold_for(store, fingerprint, model_name) if threshold is None else threshold
-    return Verification(profile.name, score, t, score >= t)
+    return Verification(profile.name, score, threshold, score >= threshold)
 
 
-def identify(
+def identify(  # 1:N
     index: ProfileIndex, embedding: Vector, *, threshold: float, top_k: int = 5
 ) -> Identification:
     if len(index) == 0:

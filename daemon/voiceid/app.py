@@ -1,0 +1,61 @@
+"""What every front door (CLI, daemon) needs: a loaded model, the profile store, the index."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from voiceid.models.embedder import Embedder
+from voiceid.models.inference import Device
+from voiceid.profiles.index import ProfileIndex
+from voiceid.profiles.store import ProfileStore
+
+
+@dataclass
+class App:
+    embedder: Embedder
+    store: ProfileStore
+
+    @classmethod
+    def open(
+        cls,
+        model: str,
+        *,
+        db: Path | str | None = None,
+        device: Device = "auto",
+        threads: int | None = None,
+        sha256: str | None = None,
+        fetch: bool = True,
+    ) -> App:
+        store = ProfileStore.open(db)
+        try:
+            embedder = Embedder.load(model, device=device, threads=threads, fetch=fetch,
+                                     sha256=sha256)
+        except BaseException:
+            store.close()
+            raise
+        return cls(embedder, store)
+
+    @property
+    def fingerprint(self) -> str:
+        return self.embedder.fingerprint
+
+    @property
+    def model_name(self) -> str:
+        return self.embedder.card.name
+
+    def index(self) -> ProfileIndex:
+        """The centroids of every profile enrolled with this model, as one matrix."""
+        return ProfileIndex.from_profiles(
+            self.store.list(), self.fingerprint, model_name=self.model_name
+        )
+
+    def threshold(self, override: float | None = None) -> float:
+        """Decision threshold: ``override``, else stored for this model, else the card's."""
+        if override is not None:
+            return override
+        stored = self.store.get_threshold(self.fingerprint)
+        return stored if stored is not None else self.embedder.card.threshold
+
+    def close(self) -> None:
+        self.store.close()

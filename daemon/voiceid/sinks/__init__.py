@@ -1,0 +1,1 @@
+"""Where identity events go besides WebSocket clients (stdout JSON lines; MQTT later)."""
