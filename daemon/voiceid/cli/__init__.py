@@ -12,10 +12,10 @@ import sys
 from collections.abc import Sequence
 
 from voiceid import __version__
-from voiceid.cli import embed, models, run
+from voiceid.cli import demo, embed, models, run
 from voiceid.errors import VoiceidError
 
-COMMANDS = (models, embed, run)
+COMMANDS = (models, embed, run, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
