@@ -62,6 +62,9 @@ class DecisionSection(_Section):
     end_silence_s: float = Field(default=1.0, gt=0, le=60)
     scores_interval_s: float = Field(default=1.0, gt=0)
     top_k: int = Field(default=3, ge=0, le=100)
+    score_norm: Literal["none", "asnorm"] = "none"  # adaptive s-norm needs a cohort
+    cohort: Path | None = None  # cohort file from `voiceid cohort build`
+    cohort_top_n: int = Field(default=300, ge=1)  # AS-norm: top-N cohort scores
 
 
 class EngineSection(_Section):
@@ -90,6 +93,31 @@ class MicSection(_Section):
     queue_blocks: int = Field(default=100, ge=2)  # blocks buffered; older ones are dropped
 
 
+class MqttSection(_Section):
+    enabled: bool = False
+    host: str = "localhost"
+    port: int = Field(default=1883, ge=1, le=65535)
+    client_id: str | None = None  # None: voiceid-<hostname>
+    username: str | None = None
+    password_file: Path | None = None  # file holding the password (never put it in YAML)
+    password_credential: str | None = None  # systemd LoadCredential= name
+    tls: bool = False
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    tls_insecure: bool = False  # skip hostname verification (self-signed brokers)
+    keepalive_s: int = Field(default=30, ge=5, le=3600)
+    prefix: str = Field(default="voiceid", pattern=r"^[^#+]+$")  # topic prefix
+    discovery: bool = True  # Home Assistant MQTT device discovery
+    discovery_prefix: str = "homeassistant"
+    device_id: str = Field(default="voiceid", pattern=r"^[A-Za-z0-9_-]+$")
+    buffer_events: int = Field(default=1000, ge=0)  # kept while disconnected; oldest dropped
+    stats_interval_s: float = Field(default=60.0, gt=0)
+    reconnect_min_s: float = Field(default=1.0, gt=0)
+    reconnect_max_s: float = Field(default=60.0, gt=0)
+    commands: bool = True  # accept <prefix>/<stream>/enabled/set ON|OFF
+
+
 class LogSection(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     json_format: bool = Field(default=False, alias="json")
@@ -111,6 +139,7 @@ class Settings(BaseSettings):
     engine: EngineSection = EngineSection()
     websocket: WebSocketSection = WebSocketSection()
     mics: list[MicSection] = []
+    mqtt: MqttSection = MqttSection()
     stdout_events: bool = True  # JSON lines of every event on stdout
     log: LogSection = LogSection()
 

@@ -54,7 +54,7 @@ def time_model(
     rng = np.random.default_rng(seed)
     feats = rng.standard_normal((batch, frames, spec.num_bins)).astype(np.float32)
     if spec.kind == "mel_power":
-        feats = np.abs(feats) * 1e-3  # power spectra are non-negative
+        feats = (np.abs(feats) * 1e-3).astype(np.float32)  # power spectra are non-negative
     for _ in range(warmup):
         model.embed(feats)
     runs = []

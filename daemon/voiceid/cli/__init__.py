@@ -12,10 +12,10 @@ import sys
 from collections.abc import Sequence
 
 from voiceid import __version__
-from voiceid.cli import demo, embed, models, run
+from voiceid.cli import bench, demo, embed, models, run
 from voiceid.errors import VoiceidError
 
-COMMANDS = (models, embed, run, demo)
+COMMANDS = (models, embed, run, demo, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:

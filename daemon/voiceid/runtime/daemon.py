@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 
 from voiceid.app import App
 from voiceid.config import Settings
+from voiceid.errors import ConfigError
 from voiceid.runtime.hub import EngineConfig, Hub
 from voiceid.sinks.stdout import write_events
 from voiceid.stream.decide import DecisionConfig
-from voiceid.stream.pipeline import StreamConfig
+from voiceid.stream.pipeline import Scorer, StreamConfig
 from voiceid.stream.scheduler import SchedulerConfig
 from voiceid.stream.vad import VadConfig
 
@@ -95,7 +96,16 @@ class Daemon:
         for foreign in index.foreign:
             log.warning("profile %r was enrolled with model %s: ignored (re-enroll it)",
                         foreign.name, foreign.model_name)
-        self.hub = hub = Hub(app.embedder, index, stream_config(cfg, threshold),
+        scorer: Scorer = index
+        if cfg.decision.score_norm == "asnorm":
+            from voiceid.profiles.asnorm import ASNormScorer, load_cohort
+
+            if cfg.decision.cohort is None:
+                raise ConfigError("decision.score_norm: asnorm needs decision.cohort",
+                                  hint="build one with `voiceid cohort build DIR`")
+            cohort = load_cohort(cfg.decision.cohort, app.fingerprint)
+            scorer = ASNormScorer(index, cohort, top_n=cfg.decision.cohort_top_n)
+        self.hub = hub = Hub(app.embedder, scorer, stream_config(cfg, threshold),
                              engine_config(cfg), max_streams=cfg.websocket.max_streams)
         await hub.start()
         log.info("model %s on %s, %d profiles, threshold %.3f, warmed up",
@@ -131,6 +141,10 @@ class Daemon:
             started: asyncio.Future[int] = asyncio.get_running_loop().create_future()
             tasks.append(tg.create_task(serve_websocket(hub, cfg.websocket, started=started)))
             self.ports["websocket"] = await started
+        if cfg.mqtt.enabled:
+            from voiceid.sinks.mqtt import run_mqtt
+
+            tasks.append(tg.create_task(run_mqtt(hub, cfg.mqtt)))
         for mic in cfg.mics:
             from voiceid.sources.mic import run_microphone
 

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import secrets
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
@@ -67,8 +68,8 @@ class LiveStream:
         self.feed_samples(self.decoder.decode(data))
 
     def feed_samples(self, samples: NDArray[np.float32]) -> None:
-        """float32 mono samples at 16 kHz."""
-        if self.closed or len(samples) == 0:
+        """float32 mono samples at 16 kHz; ignored while the stream is disabled."""
+        if self.closed or len(samples) == 0 or self.name in self.hub.disabled:
             return
         hub = self.hub
         for hop in self.core.feed(samples):
@@ -116,9 +117,12 @@ class Hub:
         self.max_streams = max_streams
         self.bus = EventBus()
         self.streams: dict[str, LiveStream] = {}
+        self.disabled: set[str] = set()  # stream names whose audio is ignored (MQTT OFF)
         self.skipped_hops = 0
         self.failed_windows = 0
         self._inflight: dict[int, LiveStream] = {}  # id(WindowRequest) -> its stream
+        # hop -> decision latency (ms): last sample of the hop fed -> its result decided
+        self.hop_latency_ms: deque[float] = deque(maxlen=100_000)
         self._loop: asyncio.AbstractEventLoop | None = None
         self.engine = BatchEngine(
             embedder.embed_features,
@@ -184,6 +188,19 @@ class Hub:
             del self.streams[stream.name]
             log.info("stream %s closed", stream.name)
 
+    def set_enabled(self, name: str, enabled: bool) -> None:
+        """Pause (``False``) or resume identification of stream ``name`` (open or future).
+
+        Pausing ends the current speaker of an open stream.
+        """
+        if enabled:
+            self.disabled.discard(name)
+            return
+        self.disabled.add(name)
+        stream = self.streams.get(name)
+        if stream is not None:
+            stream.publish(stream.core.interrupt())
+
     def set_scorer(self, scorer: Scorer) -> None:
         """Swap the enrolled profiles (reload); takes effect from the next result."""
         self.scorer = scorer
@@ -217,3 +234,5 @@ class Hub:
         table = np.asarray(scorer.scores(embs)).reshape(len(good), len(names))
         for i, (r, s) in enumerate(good):
             s.publish(s.core.on_scores(r.request, table[i], names))
+        now = time.time()
+        self.hop_latency_ms.extend((now - r.request.fed_at) * 1000.0 for r, _ in good)

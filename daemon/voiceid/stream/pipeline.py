@@ -210,6 +210,12 @@ class StreamCore:
         events += self._count(self.decider.close(t, functools.partial(self._stamp, t, fed)))
         return events
 
+    def interrupt(self) -> list[Event]:
+        """End the current speaker now (the stream was paused); the stream stays open."""
+        fed = self._last_fed if self._last_fed is not None else self._clock()
+        t = self.scheduler.stream_time_s
+        return self._count(self.decider.close(t, functools.partial(self._stamp, t, fed)))
+
     # -- internals ---------------------------------------------------------------------
 
     def _give_up(self, seq: int) -> None:
