@@ -30,20 +30,26 @@ def main() -> None:
     rows = []
     for name in MODELS:
         resolved = registry.resolve(name, fetch=True)
-        model = EmbeddingModel(resolved.path, resolved.card, device=args.device,
-                               intra_threads=args.threads)
+        model = EmbeddingModel(
+            resolved.path, resolved.card, device=args.device, intra_threads=args.threads
+        )
         for b in args.batches:
-            rows.append(time_model(model, batch=b, window_s=args.window,
-                                   repeats=args.repeats).as_dict())
+            rows.append(
+                time_model(model, batch=b, window_s=args.window, repeats=args.repeats).as_dict()
+            )
     if args.json:
         print(json.dumps(rows, indent=1))
         return
     print(f"threads={args.threads} device={args.device} window={args.window} s")
-    print(f"{'model':28} {'provider':22} {'batch':>5} {'frames':>6} {'ms/batch':>9} "
-          f"{'ms/window':>9} {'windows/s':>10}")
+    print(
+        f"{'model':28} {'provider':22} {'batch':>5} {'frames':>6} {'ms/batch':>9} "
+        f"{'ms/window':>9} {'windows/s':>10}"
+    )
     for r in rows:
-        print(f"{r['model']:28} {r['provider']:22} {r['batch']:>5} {r['frames']:>6} "
-              f"{r['median_ms']:>9.2f} {r['ms_per_window']:>9.2f} {r['windows_per_s']:>10.1f}")
+        print(
+            f"{r['model']:28} {r['provider']:22} {r['batch']:>5} {r['frames']:>6} "
+            f"{r['median_ms']:>9.2f} {r['ms_per_window']:>9.2f} {r['windows_per_s']:>10.1f}"
+        )
 
 
 if __name__ == "__main__":

@@ -29,11 +29,7 @@ def audio_dir(shared_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def speakers(audio_dir: Path) -> dict[str, list[Path]]:
     """Speaker id -> its 10 FLAC files, sorted."""
-    return {
-        d.name: sorted(d.glob("*.flac"))
-        for d in sorted(audio_dir.iterdir())
-        if d.is_dir()
-    }
+    return {d.name: sorted(d.glob("*.flac")) for d in sorted(audio_dir.iterdir()) if d.is_dir()}
 
 
 @pytest.fixture()

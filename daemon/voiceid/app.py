@@ -29,8 +29,9 @@ class App:
     ) -> App:
         store = ProfileStore.open(db)
         try:
-            embedder = Embedder.load(model, device=device, threads=threads, fetch=fetch,
-                                     sha256=sha256)
+            embedder = Embedder.load(
+                model, device=device, threads=threads, fetch=fetch, sha256=sha256
+            )
         except BaseException:
             store.close()
             raise

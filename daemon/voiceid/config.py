@@ -127,7 +127,9 @@ class Settings(BaseSettings):
     """The whole configuration. Unknown keys are errors (typos must not pass silently)."""
 
     model_config = SettingsConfigDict(
-        env_prefix="VOICEID_", env_nested_delimiter="__", extra="forbid",
+        env_prefix="VOICEID_",
+        env_nested_delimiter="__",
+        extra="forbid",
         populate_by_name=True,
     )
 
@@ -166,9 +168,7 @@ def _line_of(node: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
                 key_node = next((k for k, _ in node.value if k.value == key), None)
                 return key_node.start_mark.line + 1 if key_node else line
             node = nxt
-        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(
-            node.value
-        ):
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
             node = node.value[key]
         else:
             return line
@@ -196,16 +196,19 @@ def load_settings(path: Path | None) -> Settings:
         try:
             text = Path(path).read_text(encoding="utf-8")
         except OSError as exc:
-            raise ConfigError(f"cannot read config {path}: {exc.strerror}",
-                              hint="check the path given to --config") from exc
+            raise ConfigError(
+                f"cannot read config {path}: {exc.strerror}",
+                hint="check the path given to --config",
+            ) from exc
         try:
             root = yaml.compose(text)
             loaded = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f"{path}:{mark.line + 1}" if mark else str(path)
-            raise ConfigError(f"{where}: invalid YAML: {exc}".splitlines()[0],
-                              hint="fix the YAML syntax") from exc
+            raise ConfigError(
+                f"{where}: invalid YAML: {exc}".splitlines()[0], hint="fix the YAML syntax"
+            ) from exc
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):

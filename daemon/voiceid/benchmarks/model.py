@@ -34,7 +34,7 @@ class ModelTiming:
 
 def frames_for(window_s: float, spec: FrontEndSpec) -> int:
     """Frames the front-end makes from ``window_s`` seconds of audio."""
-    samples = int(round(window_s * spec.sample_rate))
+    samples = round(window_s * spec.sample_rate)
     if spec.kind == "kaldi_fbank":  # snip_edges: only whole frames
         return 1 + (samples - spec.frame_length) // spec.frame_shift
     return 1 + samples // spec.frame_shift  # centred frames (librosa center=True)
@@ -63,7 +63,7 @@ def time_model(
         model.embed(feats)
         runs.append((time.perf_counter() - t0) * 1e3)
     med = statistics.median(runs)
-    p90 = sorted(runs)[max(0, int(round(0.9 * len(runs))) - 1)]
+    p90 = sorted(runs)[max(0, round(0.9 * len(runs)) - 1)]
     return ModelTiming(
         model=model.card.name,
         provider=model.provider,

@@ -71,8 +71,9 @@ def random_index(fingerprint: str, dim: int, n: int = 10, seed: int = 0) -> Prof
     rng = np.random.default_rng(seed)
     m = rng.standard_normal((n, dim)).astype(np.float32)
     m /= np.linalg.norm(m, axis=1, keepdims=True)
-    return ProfileIndex.from_matrix(fingerprint, [f"p{i}" for i in range(n)],
-                                    [f"{i:032x}" for i in range(n)], m)
+    return ProfileIndex.from_matrix(
+        fingerprint, [f"p{i}" for i in range(n)], [f"{i:032x}" for i in range(n)], m
+    )
 
 
 async def run_streams(
@@ -91,8 +92,13 @@ async def run_streams(
         scheduler=SchedulerConfig(hop_s=hop_s, window_s=window_s),
         decision=DecisionConfig(enter=embedder.card.threshold),
     )
-    hub = Hub(embedder, random_index(embedder.fingerprint, embedder.card.dim), cfg,
-              engine or EngineConfig(), max_streams=streams)
+    hub = Hub(
+        embedder,
+        random_index(embedder.fingerprint, embedder.card.dim),
+        cfg,
+        engine or EngineConfig(),
+        max_streams=streams,
+    )
     await hub.start()
     live = [hub.open_stream(f"bench-{i}", encoding=None) for i in range(streams)]
     chunk = rate * chunk_ms // 1000

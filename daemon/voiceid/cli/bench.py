@@ -44,19 +44,26 @@ def register(sub: Any) -> None:
 
 def cmd_model(args: argparse.Namespace) -> int:
     embedder = Embedder.load(args.model, device=args.device, threads=args.threads)
-    rows = [time_model(embedder.model, batch=b, window_s=w, repeats=args.repeats).as_dict()
-            for w in args.windows for b in args.batches]
+    rows = [
+        time_model(embedder.model, batch=b, window_s=w, repeats=args.repeats).as_dict()
+        for w in args.windows
+        for b in args.batches
+    ]
     if args.json:
         print(json.dumps(rows))
         return 0
     base = rows[0]["windows_per_s"]
-    print(f"{'model':26} {'provider':22} {'win s':>5} {'batch':>5} {'ms/batch':>9} "
-          f"{'ms/win':>7} {'win/s':>9} {'x batch1':>8}")
+    print(
+        f"{'model':26} {'provider':22} {'win s':>5} {'batch':>5} {'ms/batch':>9} "
+        f"{'ms/win':>7} {'win/s':>9} {'x batch1':>8}"
+    )
     for r in rows:
         ratio = float(r["windows_per_s"]) / float(base) if base else 0.0  # type: ignore[arg-type]
-        print(f"{r['model']:26} {r['provider']:22} {r['window_s']:>5} {r['batch']:>5} "
-              f"{r['median_ms']:>9.2f} {r['ms_per_window']:>7.2f} {r['windows_per_s']:>9.1f} "
-              f"{ratio:>8.2f}")
+        print(
+            f"{r['model']:26} {r['provider']:22} {r['window_s']:>5} {r['batch']:>5} "
+            f"{r['median_ms']:>9.2f} {r['ms_per_window']:>7.2f} {r['windows_per_s']:>9.1f} "
+            f"{ratio:>8.2f}"
+        )
     return 0
 
 
@@ -65,18 +72,26 @@ def cmd_streams(args: argparse.Namespace) -> int:
     audio = speech_loop(find_audio(args.audio), 120.0, embedder.sample_rate)
     results = []
     for n in args.streams:
-        res = asyncio.run(run_streams(
-            embedder, audio, streams=n, duration_s=args.duration, hop_s=args.hop,
-            window_s=args.window,
-            engine=EngineConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms),
-        ))
+        res = asyncio.run(
+            run_streams(
+                embedder,
+                audio,
+                streams=n,
+                duration_s=args.duration,
+                hop_s=args.hop,
+                window_s=args.window,
+                engine=EngineConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms),
+            )
+        )
         results.append(res.as_dict())
         if not args.json:
-            print(f"streams={res.streams:5d} windows={res.windows:6d} skipped={res.skipped_hops:5d} "
-                  f"batch={res.mean_batch:6.2f} p50={res.p50_ms:7.1f} ms p99={res.p99_ms:7.1f} ms "
-                  f"max={res.max_ms:7.1f} ms lag={res.max_lag_ms:6.1f} ms "
-                  f"cpu={res.cpu_per_wall:4.2f} realtime={'yes' if res.realtime else 'NO'}",
-                  flush=True)
+            print(
+                f"streams={res.streams:5d} windows={res.windows:6d} skipped={res.skipped_hops:5d} "
+                f"batch={res.mean_batch:6.2f} p50={res.p50_ms:7.1f} ms p99={res.p99_ms:7.1f} ms "
+                f"max={res.max_ms:7.1f} ms lag={res.max_lag_ms:6.1f} ms "
+                f"cpu={res.cpu_per_wall:4.2f} realtime={'yes' if res.realtime else 'NO'}",
+                flush=True,
+            )
     if args.json:
         print(json.dumps(results))
     return 0

@@ -28,8 +28,12 @@ AUDIO_CANDIDATES = ("../shared/audio/librispeech-test-other", "shared/audio/libr
 
 def register(sub: Any) -> None:
     p = sub.add_parser("demo", help="enroll speakers from a speech folder, identify, stream")
-    p.add_argument("--audio", type=Path, default=None,
-                   help="folder of SPEAKER/*.flac|wav (default: ../shared/audio/...)")
+    p.add_argument(
+        "--audio",
+        type=Path,
+        default=None,
+        help="folder of SPEAKER/*.flac|wav (default: ../shared/audio/...)",
+    )
     p.add_argument("--speakers", type=int, default=3, help="how many speakers to enroll")
     p.add_argument("--enroll-utts", type=int, default=3, help="utterances per enrollment")
     add_model_args(p)
@@ -47,8 +51,10 @@ def find_audio(given: Path | None) -> Path:
         for cand in AUDIO_CANDIDATES:
             if (root / cand).is_dir():
                 return root / cand
-    raise AudioError("no speech folder found (looked for ../shared/audio/librispeech-test-other)",
-                     hint="pass --audio DIR with one sub-folder of recordings per speaker")
+    raise AudioError(
+        "no speech folder found (looked for ../shared/audio/librispeech-test-other)",
+        hint="pass --audio DIR with one sub-folder of recordings per speaker",
+    )
 
 
 def speaker_files(root: Path) -> dict[str, list[Path]]:
@@ -78,8 +84,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
             app.close()
 
 
-def _demo(app: App, spk: dict[str, list[Path]], enrolled: list[str], stranger: str,
-          n_enroll: int) -> int:
+def _demo(
+    app: App, spk: dict[str, list[Path]], enrolled: list[str], stranger: str, n_enroll: int
+) -> int:
     emb = app.embedder
     rate = emb.sample_rate
     threshold = app.threshold()
@@ -87,13 +94,16 @@ def _demo(app: App, spk: dict[str, list[Path]], enrolled: list[str], stranger: s
     print(f"\n1. enrollment ({n_enroll} utterances each)")
     policy = EnrollmentPolicy(min_utterances=n_enroll, min_total_speech_s=3.0 * n_enroll)
     for name in enrolled:
-        session = EnrollmentSession.start(f"speaker-{name}", app.store, emb,
-                                          threshold=threshold, policy=policy, replace=True)
+        session = EnrollmentSession.start(
+            f"speaker-{name}", app.store, emb, threshold=threshold, policy=policy, replace=True
+        )
         for f in spk[name][:n_enroll]:
             res = session.add_audio(load_audio(f, rate), source=f.name)
             codes = ",".join(str(c) for c in res.feedback)
-            print(f"   speaker-{name} <- {f.name}: {codes:12} speech {res.speech_s:4.1f} s  "
-                  f"progress {res.progress.percent:3d} %")
+            print(
+                f"   speaker-{name} <- {f.name}: {codes:12} speech {res.speech_s:4.1f} s  "
+                f"progress {res.progress.percent:3d} %"
+            )
         session.finish()
     index = app.index()
 
@@ -101,22 +111,28 @@ def _demo(app: App, spk: dict[str, list[Path]], enrolled: list[str], stranger: s
     right = total = 0
     for name in [*enrolled, stranger]:
         for f in spk[name][n_enroll : n_enroll + 2]:
-            result = identify(index, emb.embed(load_audio(f, rate), where=f.name),
-                              threshold=threshold, top_k=1)
+            result = identify(
+                index, emb.embed(load_audio(f, rate), where=f.name), threshold=threshold, top_k=1
+            )
             truth = f"speaker-{name}" if name in enrolled else None
             ok = result.decision == truth
             right += ok
             total += 1
             best = result.matches[0]
-            print(f"   {f.name:24} -> {result.decision or 'unknown':16} "
-                  f"(best {best.name} {best.score:.3f})  {'ok' if ok else 'WRONG'}")
+            print(
+                f"   {f.name:24} -> {result.decision or 'unknown':16} "
+                f"(best {best.name} {best.score:.3f})  {'ok' if ok else 'WRONG'}"
+            )
     print(f"   {right}/{total} correct")
 
     print("\n3. streaming a conversation (A, B, unenrolled, A; 1 s pauses)")
     a, b = enrolled[0], enrolled[1]
-    parts = [(f"speaker-{a}", spk[a][n_enroll + 2 if len(spk[a]) > n_enroll + 2 else -1]),
-             (f"speaker-{b}", spk[b][-1]), ("unknown", spk[stranger][-1]),
-             (f"speaker-{a}", spk[a][-1])]
+    parts = [
+        (f"speaker-{a}", spk[a][n_enroll + 2 if len(spk[a]) > n_enroll + 2 else -1]),
+        (f"speaker-{b}", spk[b][-1]),
+        ("unknown", spk[stranger][-1]),
+        (f"speaker-{a}", spk[a][-1]),
+    ]
     pause = np.zeros(rate, np.float32)
     chunks, t = [], 0.0
     for who, f in parts:
@@ -125,9 +141,14 @@ def _demo(app: App, spk: dict[str, list[Path]], enrolled: list[str], stranger: s
         chunks += [x, pause]
         t += (len(x) + len(pause)) / rate
     settings = Settings()
-    events = run_file(np.concatenate(chunks), make_frontend(emb.card.frontend),
-                      emb.embed_features, index, stream_config(settings, threshold),
-                      stream="demo")
+    events = run_file(
+        np.concatenate(chunks),
+        make_frontend(emb.card.frontend),
+        emb.embed_features,
+        index,
+        stream_config(settings, threshold),
+        stream="demo",
+    )
     for e in events:
         d = e.to_dict()
         if d["type"] == "scores":

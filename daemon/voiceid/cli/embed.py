@@ -40,8 +40,9 @@ def register(sub: Any) -> None:
     c.add_argument("a")
     c.add_argument("b")
     add_model_args(c)
-    c.add_argument("--threshold", type=float, default=None,
-                   help="decision threshold (default: the model's)")
+    c.add_argument(
+        "--threshold", type=float, default=None, help="decision threshold (default: the model's)"
+    )
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_compare)
 
@@ -66,8 +67,11 @@ def cmd_embed(args: argparse.Namespace) -> int:
         segments = embedder.sliding(samples, duration_s=args.duration, step_s=args.step)
         offset = args.start or 0.0
         out["embeddings"] = [
-            {"start_s": round(offset + s.start_s, 3), "end_s": round(offset + s.end_s, 3),
-             "embedding": _rounded(s.embedding)}
+            {
+                "start_s": round(offset + s.start_s, 3),
+                "end_s": round(offset + s.end_s, 3),
+                "embedding": _rounded(s.embedding),
+            }
             for s in segments
         ]
     if args.json:

@@ -45,8 +45,16 @@ def cmd_list(args: argparse.Namespace) -> int:
     else:
         print_table(
             ["name", "dim", "frontend", "cached", "description"],
-            [[r["name"], r["dim"], r["frontend"], "yes" if r["cached"] else "no",
-              r["description"]] for r in rows],
+            [
+                [
+                    r["name"],
+                    r["dim"],
+                    r["frontend"],
+                    "yes" if r["cached"] else "no",
+                    r["description"],
+                ]
+                for r in rows
+            ],
         )
     return 0
 

@@ -22,15 +22,22 @@ from voiceid.stream.pipeline import run_file
 def register(sub: Any) -> None:
     r = sub.add_parser("run", help="run the daemon (microphones, WebSocket, events)")
     r.add_argument("--config", type=Path, default=None, help="config.yaml (default: none)")
-    r.add_argument("--validate-config", action="store_true",
-                   help="check the config file, print every error with its line, exit")
+    r.add_argument(
+        "--validate-config",
+        action="store_true",
+        help="check the config file, print every error with its line, exit",
+    )
     r.set_defaults(func=cmd_run)
 
     s = sub.add_parser("stream", help="run the streaming core over a file, print its events")
     s.add_argument("file")
     add_model_args(s)
-    s.add_argument("--config", type=Path, default=None,
-                   help="take stream/decision settings from this config.yaml")
+    s.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="take stream/decision settings from this config.yaml",
+    )
     s.add_argument("--threshold", type=float, default=None)
     s.add_argument("--json", action="store_true", help="one JSON event per line")
     s.set_defaults(func=cmd_stream)
@@ -67,8 +74,9 @@ def cmd_stream(args: argparse.Namespace) -> int:
     settings = _settings(args.config)
     app = App.open(args.model, db=args.db, device=args.device, threads=args.threads)
     try:
-        threshold = app.threshold(args.threshold if args.threshold is not None
-                                  else settings.decision.threshold)
+        threshold = app.threshold(
+            args.threshold if args.threshold is not None else settings.decision.threshold
+        )
         samples = load_audio(args.file, app.embedder.sample_rate)
         events = run_file(
             samples,
@@ -85,9 +93,11 @@ def cmd_stream(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(d, separators=(",", ":")))
         else:
-            extra = {k: v for k, v in d.items()
-                     if k not in ("type", "id", "stream", "stream_time_s", "wall_time",
-                                  "latency_ms")}
+            extra = {
+                k: v
+                for k, v in d.items()
+                if k not in ("type", "id", "stream", "stream_time_s", "wall_time", "latency_ms")
+            }
             print(f"{d['stream_time_s']:8.2f} s  {d['type']:16} {extra}")
     return 0
 
@@ -99,7 +109,17 @@ def cmd_devices(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([d.__dict__ for d in devices]))
     else:
-        print_table(["index", "name", "channels", "rate", "default"],
-                    [[d.index, d.name, d.channels, int(d.default_samplerate),
-                      "*" if d.is_default else ""] for d in devices])
+        print_table(
+            ["index", "name", "channels", "rate", "default"],
+            [
+                [
+                    d.index,
+                    d.name,
+                    d.channels,
+                    int(d.default_samplerate),
+                    "*" if d.is_default else "",
+                ]
+                for d in devices
+            ],
+        )
     return 0

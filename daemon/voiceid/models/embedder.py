@@ -103,13 +103,15 @@ class Embedder:
 
         wav = preprocess_utterance(samples)
         if len(wav) == 0:
-            raise AudioError(f"{where} holds no speech after silence trimming",
-                             hint="check the microphone/file")
+            raise AudioError(
+                f"{where} holds no speech after silence trimming", hint="check the microphone/file"
+            )
         seg = self.card.segment_frames
         step = self.card.segment_step or seg
         assert seg is not None
-        slices = segment_slices(len(wav), seg, step, self.card.frontend.frame_shift,
-                                self.card.min_coverage)
+        slices = segment_slices(
+            len(wav), seg, step, self.card.frontend.frame_shift, self.card.min_coverage
+        )
         need = padded_length(slices, self.card.frontend.frame_shift)
         if need > len(wav):
             wav = np.pad(wav, (0, need - len(wav)))
@@ -119,10 +121,8 @@ class Embedder:
         partials = self.model.embed(batch)
         return l2_normalize(partials.mean(axis=0))
 
-    def sliding(
-        self, samples: Vector, *, duration_s: float, step_s: float
-    ) -> list[Segment]:
-        """Embeddings of fixed windows (seconds) every ``step_s``; windows without speech skipped."""
+    def sliding(self, samples: Vector, *, duration_s: float, step_s: float) -> list[Segment]:
+        """Embeddings of fixed windows (seconds) every ``step_s``; silent windows skipped."""
         if duration_s <= 0 or step_s <= 0:
             raise AudioError("--duration and --step must be positive seconds")
         rate = self.sample_rate
@@ -137,8 +137,7 @@ class Embedder:
             chunk = samples[start : start + win]
             if speech_seconds(chunk) < MIN_SPEECH_S:
                 continue
-            out.append(Segment(start / rate, (start + win) / rate,
-                               self.embed(chunk, check=False)))
+            out.append(Segment(start / rate, (start + win) / rate, self.embed(chunk, check=False)))
         if not out:
             raise AudioError("no window holds speech", hint="check the file; it may be silence")
         return out

@@ -94,30 +94,47 @@ class Daemon:
         threshold = app.threshold(cfg.decision.threshold)
         index = app.index()
         for foreign in index.foreign:
-            log.warning("profile %r was enrolled with model %s: ignored (re-enroll it)",
-                        foreign.name, foreign.model_name)
+            log.warning(
+                "profile %r was enrolled with model %s: ignored (re-enroll it)",
+                foreign.name,
+                foreign.model_name,
+            )
         scorer: Scorer = index
         if cfg.decision.score_norm == "asnorm":
             from voiceid.profiles.asnorm import ASNormScorer, load_cohort
 
             if cfg.decision.cohort is None:
-                raise ConfigError("decision.score_norm: asnorm needs decision.cohort",
-                                  hint="build one with `voiceid cohort build DIR`")
+                raise ConfigError(
+                    "decision.score_norm: asnorm needs decision.cohort",
+                    hint="build one with `voiceid cohort build DIR`",
+                )
             cohort = load_cohort(cfg.decision.cohort, app.fingerprint)
             scorer = ASNormScorer(index, cohort, top_n=cfg.decision.cohort_top_n)
-        self.hub = hub = Hub(app.embedder, scorer, stream_config(cfg, threshold),
-                             engine_config(cfg), max_streams=cfg.websocket.max_streams)
+        self.hub = hub = Hub(
+            app.embedder,
+            scorer,
+            stream_config(cfg, threshold),
+            engine_config(cfg),
+            max_streams=cfg.websocket.max_streams,
+        )
         await hub.start()
-        log.info("model %s on %s, %d profiles, threshold %.3f, warmed up",
-                 app.model_name, app.embedder.model.provider, len(index), threshold)
+        log.info(
+            "model %s on %s, %d profiles, threshold %.3f, warmed up",
+            app.model_name,
+            app.embedder.model.provider,
+            len(index),
+            threshold,
+        )
         sink_task: asyncio.Task[int] | None = None
         if cfg.stdout_events:
             sink_task = asyncio.create_task(write_events(hub.bus.subscribe(maxsize=4096)))
         try:
             async with asyncio.TaskGroup() as tg:
                 sources = await self._start_sources(tg, hub)
-                log.info("ready: %s", ", ".join(f"{k}:{v}" for k, v in self.ports.items())
-                         or "no network sources")
+                log.info(
+                    "ready: %s",
+                    ", ".join(f"{k}:{v}" for k, v in self.ports.items()) or "no network sources",
+                )
                 if self.on_ready:
                     self.on_ready(self)
                 stop_wait = tg.create_task(self.stopping.wait())

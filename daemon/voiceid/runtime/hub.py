@@ -9,6 +9,7 @@ samples; sinks subscribe to :attr:`Hub.bus`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
@@ -27,7 +28,7 @@ from voiceid.models.embedder import Embedder
 from voiceid.runtime.bus import EventBus
 from voiceid.stream.engine import BatchEngine, EmbedResult, batch_buckets
 from voiceid.stream.events import Event
-from voiceid.stream.pipeline import Scorer, StreamCore, StreamConfig
+from voiceid.stream.pipeline import Scorer, StreamConfig, StreamCore
 from voiceid.stream.scheduler import SilentHop
 
 log = logging.getLogger(__name__)
@@ -143,8 +144,11 @@ class Hub:
         """Run each batch shape once so the provider plans (and CUDA allocates) up front."""
         spec = self.embedder.card.frontend
         frames = self.window_frames()
-        sizes = batch_buckets(self.engine_config.max_batch) if self.engine_config.batch_buckets \
+        sizes = (
+            batch_buckets(self.engine_config.max_batch)
+            if self.engine_config.batch_buckets
             else (1,)
+        )
         for b in sizes:
             self.embedder.embed_features(np.zeros((b, frames, spec.num_bins), np.float32))
 
@@ -171,11 +175,15 @@ class Hub:
     ) -> LiveStream:
         """A new live stream; ``encoding=None`` means the caller feeds float32 samples."""
         if name in self.streams:
-            raise ProtocolError(f"stream {name!r} is already open",
-                                hint="use another stream name or close the other one")
+            raise ProtocolError(
+                f"stream {name!r} is already open",
+                hint="use another stream name or close the other one",
+            )
         if len(self.streams) >= self.max_streams:
-            raise ProtocolError(f"too many streams ({self.max_streams} open)",
-                                hint="raise websocket.max_streams or close idle streams")
+            raise ProtocolError(
+                f"too many streams ({self.max_streams} open)",
+                hint="raise websocket.max_streams or close idle streams",
+            )
         decoder = PcmDecoder(sample_rate, encoding, channels) if encoding else None
         core = StreamCore(name, make_frontend(self.embedder.card.frontend), self.stream_config)
         stream = LiveStream(self, name, core, decoder)
@@ -210,10 +218,8 @@ class Hub:
         loop = self._loop
         if loop is None or loop.is_closed():
             return
-        try:
+        with contextlib.suppress(RuntimeError):  # loop closed while shutting down
             loop.call_soon_threadsafe(self._on_results, results)
-        except RuntimeError:  # loop closed while shutting down
-            pass
 
     def _on_results(self, results: Sequence[EmbedResult]) -> None:
         live: list[tuple[EmbedResult, LiveStream]] = []

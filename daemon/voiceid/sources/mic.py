@@ -32,7 +32,8 @@ def import_sounddevice() -> Any:
     except OSError as exc:  # PortAudio library missing
         raise ConfigError(
             f"microphone support needs PortAudio: {exc}",
-            hint="install it (Debian/Ubuntu: apt install libportaudio2) or remove mics: from config",
+            hint="install it (Debian/Ubuntu: apt install libportaudio2) or remove mics: "
+            "from the config",
         ) from exc
     return sounddevice
 
@@ -53,8 +54,15 @@ def input_devices() -> list[InputDevice]:
     out = []
     for i, dev in enumerate(sd.query_devices()):
         if dev["max_input_channels"] > 0:
-            out.append(InputDevice(i, dev["name"], int(dev["max_input_channels"]),
-                                   float(dev["default_samplerate"]), i == default_in))
+            out.append(
+                InputDevice(
+                    i,
+                    dev["name"],
+                    int(dev["max_input_channels"]),
+                    float(dev["default_samplerate"]),
+                    i == default_in,
+                )
+            )
     return out
 
 
@@ -118,10 +126,13 @@ async def run_microphone(
             callback=callback,
         )
     except Exception as exc:  # PortAudioError, ValueError for unknown devices
-        raise ConfigError(f"cannot open microphone {cfg.device!r} for {cfg.name!r}: {exc}",
-                          hint="list devices with `voiceid devices`") from exc
-    live = hub.open_stream(cfg.name, sample_rate=cfg.sample_rate, encoding="f32le",
-                           channels=cfg.channels)
+        raise ConfigError(
+            f"cannot open microphone {cfg.device!r} for {cfg.name!r}: {exc}",
+            hint="list devices with `voiceid devices`",
+        ) from exc
+    live = hub.open_stream(
+        cfg.name, sample_rate=cfg.sample_rate, encoding="f32le", channels=cfg.channels
+    )
     try:
         with pa_stream:
             log.info("microphone %r open as stream %s", cfg.device, cfg.name)
