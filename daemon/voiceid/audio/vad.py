@@ -26,7 +26,8 @@ def frame_dbfs(samples: NDArray[np.float32], frame: int) -> NDArray[np.float64]:
     """RMS level in dBFS of consecutive ``frame``-sample frames (partial tail dropped)."""
     count = len(samples) // frame
     x = np.asarray(samples[: count * frame], dtype=np.float64).reshape(count, frame)
-    return 10.0 * np.log10(np.mean(x * x, axis=1) + 1e-12)
+    level: NDArray[np.float64] = 10.0 * np.log10(np.mean(x * x, axis=1) + 1e-12)
+    return level
 
 
 def voice_flags(

@@ -94,7 +94,8 @@ class Embedder:
             self.check_speech(samples, where)
         if self.card.segment_frames is None:
             feats = self.features(samples)
-            return self.model.embed(feats[None])[0]
+            vec: Vector = self.model.embed(feats[None])[0]
+            return vec
         return self._embed_segments(samples, where)
 
     def _embed_segments(self, samples: Vector, where: str) -> Vector:
@@ -107,8 +108,8 @@ class Embedder:
                 f"{where} holds no speech after silence trimming", hint="check the microphone/file"
             )
         seg = self.card.segment_frames
-        step = self.card.segment_step or seg
         assert seg is not None
+        step = self.card.segment_step or seg
         slices = segment_slices(
             len(wav), seg, step, self.card.frontend.frame_shift, self.card.min_coverage
         )

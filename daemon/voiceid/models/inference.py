@@ -28,7 +28,8 @@ CPU = "CPUExecutionProvider"
 def l2_normalize(x: NDArray[np.float32], axis: int = -1) -> NDArray[np.float32]:
     """Unit-norm rows (zero rows stay zero)."""
     norm = np.linalg.norm(x, axis=axis, keepdims=True)
-    return (x / np.maximum(norm, 1e-12)).astype(np.float32, copy=False)
+    out: NDArray[np.float32] = (x / np.maximum(norm, 1e-12)).astype(np.float32, copy=False)
+    return out
 
 
 def cuda_listed() -> bool:
