@@ -143,19 +143,11 @@ class Hub:
     def warm_up(self) -> None:
         """Run each batch shape once so the provider plans (and CUDA allocates) up front."""
         spec = self.embedder.card.frontend
-        frames = self.window_frames()
-        sizes = (
-            batch_buckets(self.engine_config.max_batch)
-            if self.engine_config.batch_buckets
-            else (1,)
-        )
-        for b in sizes:
-            self.embedder.embed_features(np.zeros((b, frames, spec.num_bins), np.float32))
-
-    def window_frames(self) -> int:
-        """Frames per window (fixed): what the front-end makes of ``window_s`` of audio."""
-        sc = self.stream_config.scheduler
-        return round(sc.window_s * sc.sample_rate) // self.embedder.card.frontend.frame_shift
+        ec = self.engine_config
+        sizes = batch_buckets(ec.max_batch) if ec.batch_buckets else (1,)
+        for frames in self.stream_config.scheduler.bucket_frames(spec):
+            for b in sizes:
+                self.embedder.embed_features(np.zeros((b, frames, spec.num_bins), np.float32))
 
     async def close(self) -> None:
         """Close every stream (their last events are published), then stop the engine."""

@@ -66,6 +66,9 @@ class DecisionConfig:
     vote_k: int = 3  # vote: hops voted over
     min_dwell_hops: int = 2  # hops a condition must hold (2 hops = 1 s at hop_s 0.5)
     change_margin: float = 0.05  # a new speaker must beat the current one by this much
+    # a score this far beyond a threshold decides a start (or an unknown) after one hop;
+    # changes between two speakers always dwell. None: always dwell.
+    confident_margin: float | None = 0.05
     end_silence_s: float = 1.0  # silence that ends the current speaker
     scores_interval_s: float = 1.0  # least stream time between Scores events (inf: never)
     top_k: int = 3  # names in a Scores event (0: no Scores events)
@@ -176,7 +179,10 @@ class Decider:
         events: list[Event] = []
         cur = self._current
         if cur is None:
-            if self._cand is not None and self._cand_hops >= cfg.min_dwell_hops:
+            if self._cand is not None and (
+                self._cand_hops >= cfg.min_dwell_hops
+                or self._confident(best_score >= cfg.enter + (cfg.confident_margin or 0.0))
+            ):
                 events.append(SpeakerStarted(**stamp(), name=self._cand, score=best_score))
                 self._name(self._cand, stream_time_s)
         else:
@@ -200,13 +206,24 @@ class Decider:
         if (
             self._current is None
             and not self._unknown_said
-            and self._nobody_hops >= cfg.min_dwell_hops
+            and (
+                self._nobody_hops >= cfg.min_dwell_hops
+                or (
+                    self._nobody_hops >= 1
+                    and self._confident(
+                        best_score < cfg.exit_threshold - (cfg.confident_margin or 0.0)
+                    )
+                )
+            )
         ):
             score = None if best is None else best_score
             events.append(UnknownSpeaker(**stamp(), score=score, best=best_name))
             self._unknown_said = True
         events.extend(self._scores(smooth, names_t, stream_time_s, stamp))
         return events
+
+    def _confident(self, beyond: bool) -> bool:
+        return self.config.confident_margin is not None and beyond
 
     def on_unscored(self, stream_time_s: float) -> None:
         """A voiced hop whose window was not embedded (skipped/failed): voice, no scores."""

@@ -4,16 +4,20 @@ Hops are fixed in sample time: hop ``k`` (1, 2, ...) ends at sample ``k * hop_sa
 of the stream, whatever the chunking of the input. At each hop boundary the scheduler
 emits exactly one of
 
-* :class:`WindowRequest` - the window (the newest ``window_s`` of audio) is full and holds
-  at least ``min_voiced_s`` of voice: its features, ready for the embedding model;
+* :class:`WindowRequest` - the newest audio holds at least ``min_voiced_s`` of voice:
+  the features of the window, ready for the embedding model;
 * :class:`SilentHop` - too little voice (so a decider can time a speaker out);
-* nothing - enough voice but the window is not full yet (stream start).
+* nothing - enough voice but less than ``min_window_s`` of audio since the stream
+  started or since the last pause.
+
+Windows never span a pause: a run of at least ``pause_s`` without voice (turn-taking)
+starts a new segment, and the window covers only the audio after it. Window lengths come
+in a few fixed buckets (``min_window_s``, + ``hop_s``, ..., ``window_s``: 1.0, 1.5 and
+2.0 s by default) so batch shapes repeat; the window is the longest bucket that fits.
 
 Each new sample goes through the front-end once (incremental features); a window is
 never recomputed, only sliced from the frame ring and normalised per window
-(``FrontEnd.normalize_window``, e.g. CMN). Windows always have exactly
-``window_frames = round(window_s * sample_rate / frame_shift)`` frames (200 for 2 s at
-10 ms), so batch shapes repeat.
+(``FrontEnd.normalize_window``, e.g. CMN).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from voiceid.errors import ConfigError, ProtocolError
-from voiceid.frontend.base import FrontEnd
+from voiceid.frontend.base import FrontEnd, FrontEndSpec
 from voiceid.stream.ring import FrameRing, SampleRing
 from voiceid.stream.vad import FRAME_S, VadConfig, VoiceGate
 
@@ -42,6 +46,8 @@ class SchedulerConfig:
     window_s: float = 2.0  # audio per window sent to the model
     min_voiced_s: float = 1.0  # voice needed inside the window for a request
     min_hop_voiced_s: float = 0.0  # voice needed inside the newest hop (0: no such rule)
+    min_window_s: float = 1.0  # shortest window (stream start, after a pause)
+    pause_s: float = 0.5  # no voice this long ends a segment: windows never span it
     vad: VadConfig = field(default_factory=VadConfig)
 
     def __post_init__(self) -> None:
@@ -59,6 +65,12 @@ class SchedulerConfig:
             raise ConfigError(
                 f"min_hop_voiced_s must be in [0, hop_s={self.hop_s}], got {self.min_hop_voiced_s}"
             )
+        if not 0.0 < self.min_window_s <= self.window_s:
+            raise ConfigError(
+                f"min_window_s must be in (0, window_s={self.window_s}], got {self.min_window_s}"
+            )
+        if self.pause_s <= 0:
+            raise ConfigError(f"pause_s must be > 0, got {self.pause_s}")
         if self.vad.history_s < self.window_s:
             raise ConfigError(
                 f"vad.history_s ({self.vad.history_s}) must be ≥ window_s ({self.window_s})"
@@ -75,8 +87,31 @@ class SchedulerConfig:
         return round(self.window_s * self.sample_rate)
 
     def window_frames(self, frame_shift: int) -> int:
-        """Feature frames per window (T) for a front-end with this ``frame_shift``."""
+        """Frame capacity kept per stream: ``window_s`` of frames at this ``frame_shift``."""
         return max(1, round(self.window_s * self.sample_rate / frame_shift))
+
+    @property
+    def bucket_samples(self) -> tuple[int, ...]:
+        """Window lengths in samples, shortest first: min_window_s + k * hop_s, and window_s."""
+        out = {self.window_samples}
+        length = round(self.min_window_s * self.sample_rate)
+        while length < self.window_samples:
+            out.add(length)
+            length += self.hop_samples
+        return tuple(sorted(out))
+
+    def bucket_frames(self, spec: FrontEndSpec) -> tuple[int, ...]:
+        """Frames (T) of each window bucket: the shapes the model will see."""
+        return tuple(frames_in(n, spec) for n in self.bucket_samples)
+
+
+def frames_in(samples: int, spec: FrontEndSpec) -> int:
+    """Whole frames inside ``samples`` of audio (Kaldi counting: 198 for 2 s at 16 kHz).
+
+    Every front-end has these frames complete when the hop ends (a centred front-end
+    has one more), so a window of a given length always has the same T.
+    """
+    return max(1, 1 + (samples - spec.frame_length) // spec.frame_shift)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -131,6 +166,8 @@ class HopScheduler:
         self.window_frames = cfg.window_frames(spec.frame_shift)
         self._vad_frames = round(cfg.window_s / FRAME_S)  # 10 ms flags per window
         self._hop_vad_frames = round(cfg.hop_s / FRAME_S)
+        self._pause_frames = max(1, round(cfg.pause_s / FRAME_S))
+        self._buckets = cfg.bucket_samples
         self._samples = SampleRing(cfg.window_samples)
         self._frames = FrameRing(self.window_frames, spec.num_bins)
         self.gate = VoiceGate(cfg.vad, cfg.sample_rate)
@@ -173,15 +210,20 @@ class HopScheduler:
         end = self._samples.total
         seq = end // cfg.hop_samples
         t = end / cfg.sample_rate
-        voiced = self.gate.voiced_s(self._vad_frames)
-        hop_voiced = self.gate.voiced_s(self._hop_vad_frames)
+        flags = self.gate.flags(self._vad_frames)
+        voiced = float(np.count_nonzero(flags)) * FRAME_S
+        hop_voiced = float(np.count_nonzero(flags[-self._hop_vad_frames :])) * FRAME_S
         eps = 1e-9
         if voiced + eps < cfg.min_voiced_s or hop_voiced + eps < cfg.min_hop_voiced_s:
             return SilentHop(self.stream, seq, end, t, now, voiced)
-        if self._frames.size < self.window_frames or self._samples.size < cfg.window_samples:
-            return None  # warming up: not enough audio for a full window yet
-        frames = self._frames.last(self.window_frames)
-        feats = self.frontend.normalize_window(frames, self._samples.last(cfg.window_samples))
+        length = self._window_length(flags)
+        if length == 0:
+            return None  # too little audio since the stream start or the last pause
+        n_frames = frames_in(length, self.frontend.spec)
+        if self._frames.size < n_frames:
+            return None
+        frames = self._frames.last(n_frames)
+        feats = self.frontend.normalize_window(frames, self._samples.last(length))
         feats = np.ascontiguousarray(feats, dtype=np.float32)
         if feats.shape != frames.shape:
             raise ConfigError(
@@ -189,6 +231,19 @@ class HopScheduler:
             )
         feats.flags.writeable = False
         return WindowRequest(self.stream, seq, end, t, feats, now, voiced)
+
+    def _window_length(self, flags: NDArray[np.bool_]) -> int:
+        """Samples of the window to cut now: the longest bucket after the last pause (0: none)."""
+        available = self._samples.size  # bounded by window_s (the ring's capacity)
+        p = self._pause_frames
+        if flags.size >= p:
+            silent = np.convolve(~flags, np.ones(p, dtype=np.int32), mode="valid") == p
+            runs = np.flatnonzero(silent)
+            if runs.size:
+                after_pause = (flags.size - (runs[-1] + p)) * self.gate.frame
+                available = min(available, after_pause)
+        fitting = [b for b in self._buckets if b <= available]
+        return fitting[-1] if fitting else 0
 
 
 def _checked(samples: ArrayLike) -> NDArray[np.float32]:

@@ -7,9 +7,12 @@ Two detectors:
   so flags arrive in groups of ``window_ms / 10``.
 * ``energy``: a 10 ms frame is voice when its RMS level is at least ``energy_dbfs``.
 
-In both, a 10 ms frame quieter than ``floor_dbfs`` is never voice: webrtcvad alone fires
-on hiss, and digital silence or low noise must not open a window. Levels are RMS in dBFS
-relative to 1.0 (a full-scale square wave is 0 dBFS, a full-scale sine −3 dBFS).
+In both, a 10 ms frame below the *floor* is never voice: webrtcvad alone fires on hiss,
+and digital silence or low noise must not open a window. The floor adapts to the
+recording: ``noise_margin_db`` above the noise level (5th percentile of the frame levels
+over ``history_s``), kept within [``min_floor_dbfs``, ``floor_dbfs``] — so steady noise
+stays out whatever its level, and quiet talkers on quiet channels still count. Levels are
+RMS in dBFS relative to 1.0 (a full-scale square wave is 0 dBFS, a full-scale sine −3 dBFS).
 
 Memory is bounded: < one sub-window of pending samples plus ``history_s`` of flags.
 """
@@ -24,7 +27,7 @@ import webrtcvad
 from numpy.typing import ArrayLike, NDArray
 
 from voiceid.errors import ConfigError
-from voiceid.stream.ring import FlagRing
+from voiceid.stream.ring import FlagRing, Ring
 
 FRAME_S = 0.010  # seconds per voice flag
 
@@ -37,7 +40,9 @@ class VadConfig:
     mode: int = 2  # webrtcvad aggressiveness, 0 (lenient) .. 3 (strict)
     window_ms: int = 30  # webrtcvad sub-window: 10, 20 or 30 ms
     energy_dbfs: float = -40.0  # energy kind: 10 ms frames at least this loud are voice
-    floor_dbfs: float = -50.0  # both kinds: 10 ms frames quieter than this are never voice
+    floor_dbfs: float = -50.0  # the floor never goes above this (dBFS)
+    min_floor_dbfs: float = -65.0  # ... nor below this (dBFS)
+    noise_margin_db: float = 10.0  # floor = noise level + this margin (dB)
     history_s: float = 4.0  # seconds of flags kept for voiced_s()
 
     def __post_init__(self) -> None:
@@ -79,6 +84,16 @@ class VoiceGate:
         self._vad = webrtcvad.Vad(config.mode) if config.kind == "webrtc" else None
         self._pending = np.zeros(0, dtype=np.float32)
         self._flags = FlagRing(max(1, round(config.history_s / FRAME_S)))
+        self._levels = Ring(self._flags.capacity, (), np.float64)  # 10 ms levels, dBFS
+
+    @property
+    def floor_dbfs(self) -> float:
+        """The level (dBFS) below which a frame is not voice, given the recent noise level."""
+        cfg = self.config
+        if self._levels.size == 0:
+            return cfg.floor_dbfs
+        noise = float(np.percentile(self._levels.last(self._levels.size), 5))
+        return min(cfg.floor_dbfs, max(cfg.min_floor_dbfs, noise + cfg.noise_margin_db))
 
     @property
     def frames_out(self) -> int:
@@ -96,7 +111,8 @@ class VoiceGate:
             return np.zeros(0, dtype=np.bool_)
         frames = buf[:used].reshape(windows * self._per, self.frame)
         level = level_dbfs(frames)
-        flags = level >= self.config.floor_dbfs
+        self._levels.extend(level)
+        flags = level >= self.floor_dbfs
         if self._vad is None:
             flags &= level >= self.config.energy_dbfs
         else:
@@ -113,6 +129,10 @@ class VoiceGate:
         """Voiced 10 ms frames among the newest ``last_n_frames`` flags (fewer if not yet)."""
         return self._flags.count(last_n_frames)
 
+    def flags(self, last_n_frames: int) -> NDArray[np.bool_]:
+        """The newest ``min(n, available)`` 10 ms voice flags, oldest first (a copy)."""
+        return self._flags.last(min(max(last_n_frames, 0), self._flags.size))
+
     def voiced_s(self, last_n_frames: int) -> float:
         """Seconds of voice among the newest ``last_n_frames`` 10 ms flags."""
         return self.voiced_frames(last_n_frames) * FRAME_S
@@ -121,3 +141,4 @@ class VoiceGate:
         """Forget pending samples and flags."""
         self._pending = np.zeros(0, dtype=np.float32)
         self._flags.clear()
+        self._levels.clear()
