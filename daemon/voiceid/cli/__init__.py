@@ -12,10 +12,10 @@ import sys
 from collections.abc import Sequence
 
 from voiceid import __version__
-from voiceid.cli import bench, demo, embed, models, run
+from voiceid.cli import bench, demo, embed, evaluate, models, profiles, run
 from voiceid.errors import VoiceidError
 
-COMMANDS = (models, embed, run, demo, bench)
+COMMANDS = (models, embed, run, demo, bench, profiles, evaluate)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -2,11 +2,14 @@
 
 The API every front door uses (CLI, WebSocket, REST): ``start`` -> ``add_audio`` /
 ``add_embedding`` (each returns feedback + progress) -> ``finish`` (one atomic
-commit) or ``cancel``. Rejected utterances never count.
+commit) or ``cancel``. Rejected utterances never count; nothing is written before
+``finish``. The policy defaults are justified with measurements in
+``docs/enrollment.md``.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 
@@ -14,21 +17,49 @@ import numpy as np
 from numpy.typing import NDArray
 
 from voiceid.audio.vad import frame_dbfs, voice_flags
-from voiceid.errors import AudioError, ProfileError
+from voiceid.errors import AudioError, ConfigError, ProfileError
 from voiceid.models.embedder import Embedder
-from voiceid.profiles.model import Profile, Utterance, centroid, check_name
+from voiceid.profiles.model import Profile, Utterance, centroid, check_metadata, check_name
 from voiceid.profiles.store import ProfileStore
 
 Vector = NDArray[np.float32]
 
+SAMPLE_RATE = 16000
+FRAME = 480  # samples per 30 ms analysis frame (the VAD's window)
+FRAME_S = FRAME / SAMPLE_RATE
+CLIP_LEVEL = 0.999  # |sample| at or above this counts as clipped (full scale)
+SILENCE_DBFS = -100.0  # loudest frame below this: digital silence, nothing to look for
+#: Quiet-speech probe: gain that brings the 95th-percentile frame level to this (dBFS).
+PROBE_DBFS = -26.0
+#: ... and the spread of frame levels (95th - 10th percentile, dB) that tells speech, which
+#: comes and goes syllable by syllable, from stationary noise or hum (a few dB).
+MIN_DYNAMIC_DB = 15.0
+
 
 class Feedback(StrEnum):
+    """Why an utterance was (not) counted. Stable strings: clients switch on them."""
+
     OK = "ok"
-    TOO_SHORT = "too_short"  # less speech than min_utterance_speech_s after VAD
-    NO_VOICE = "no_voice"  # (almost) no speech at all
+    NO_VOICE = "no_voice"  # (almost) no speech at all: silence, noise
+    TOO_QUIET = "too_quiet"  # speech, but its level is below min_level_dbfs
     CLIPPING = "clipping"  # too many samples at full scale
-    TOO_QUIET = "too_quiet"  # speech level below min_level_dbfs
+    TOO_SHORT = "too_short"  # less speech than min_utterance_speech_s
     INCONSISTENT = "inconsistent"  # far from the utterances so far: another speaker?
+    DUPLICATE = "duplicate"  # the same recording as an accepted utterance
+
+
+#: One line of advice per feedback code (what the user should do).
+ADVICE: dict[Feedback, str] = {
+    Feedback.OK: "accepted",
+    Feedback.NO_VOICE: "no speech found: check the microphone or file",
+    Feedback.TOO_QUIET: "speech is too quiet: speak louder, move closer or raise the input gain",
+    Feedback.CLIPPING: "the recording clips: lower the input gain or move back",
+    Feedback.TOO_SHORT: "too little speech: say a longer sentence",
+    Feedback.INCONSISTENT: (
+        "does not sound like the utterances so far: only the enrolling person should speak"
+    ),
+    Feedback.DUPLICATE: "this recording was already counted: record a new sentence",
+}
 
 
 @dataclass(frozen=True)
@@ -37,11 +68,31 @@ class EnrollmentPolicy:
 
     min_utterances: int = 3
     min_total_speech_s: float = 10.0  # seconds of VAD speech over accepted utterances
-    min_utterance_speech_s: float = 1.5  # seconds; below: too_short
-    no_voice_s: float = 0.3  # seconds; below: no_voice
+    min_utterance_speech_s: float = 1.0  # seconds; below: too_short
+    no_voice_s: float = 0.3  # seconds; below: no_voice (the embedder's own minimum)
     max_clipped_fraction: float = 0.002  # of samples with |x| >= 0.999
-    min_level_dbfs: float = -40.0  # median level of voiced 30 ms frames
+    min_level_dbfs: float = -45.0  # median level of voiced 30 ms frames
     consistency: float | None = None  # cosine to running centroid; None: the model threshold
+    duplicate_cosine: float = 0.995  # at or above this to an accepted utterance: duplicate
+
+    def __post_init__(self) -> None:
+        def bad(what: str) -> ConfigError:
+            return ConfigError(f"enrollment policy: {what}")
+
+        if self.min_utterances < 1:
+            raise bad(f"min_utterances must be >= 1, got {self.min_utterances}")
+        for key in ("min_total_speech_s", "min_utterance_speech_s", "no_voice_s"):
+            value = getattr(self, key)
+            if not math.isfinite(value) or value < 0:
+                raise bad(f"{key} must be >= 0 seconds, got {value}")
+        if not 0.0 <= self.max_clipped_fraction <= 1.0:
+            raise bad(f"max_clipped_fraction must be in [0, 1], got {self.max_clipped_fraction}")
+        if not math.isfinite(self.min_level_dbfs):
+            raise bad(f"min_level_dbfs must be finite, got {self.min_level_dbfs}")
+        if self.consistency is not None and not -1.0 <= self.consistency <= 1.0:
+            raise bad(f"consistency must be a cosine in [-1, 1], got {self.consistency}")
+        if not -1.0 <= self.duplicate_cosine <= 1.0:
+            raise bad(f"duplicate_cosine must be a cosine in [-1, 1], got {self.duplicate_cosine}")
 
 
 @dataclass(frozen=True)
@@ -52,6 +103,16 @@ class Progress:
     required_utterances: int
     percent: int  # 0..100, the lesser of the two requirements
     complete: bool
+
+    def missing(self) -> str:
+        """What is still needed, in words ("" when complete)."""
+        parts = []
+        if self.utterances < self.required_utterances:
+            n = self.required_utterances - self.utterances
+            parts.append(f"{n} more accepted utterance{'s' if n != 1 else ''}")
+        if self.collected_s < self.required_s:
+            parts.append(f"{self.required_s - self.collected_s:.1f} s more speech")
+        return " and ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -66,6 +127,9 @@ class AddResult:
     def as_dict(self) -> dict[str, object]:
         d = asdict(self)
         d["feedback"] = [str(f) for f in self.feedback]
+        d["speech_s"] = round(self.speech_s, 2)
+        d["level_dbfs"] = None if self.level_dbfs is None else round(self.level_dbfs, 1)
+        d["consistency"] = None if self.consistency is None else round(self.consistency, 4)
         return d
 
 
@@ -73,19 +137,40 @@ class AddResult:
 class AudioQuality:
     """What an utterance sounds like, before any embedding."""
 
-    speech_s: float
-    level_dbfs: float | None  # median level of voiced frames
-    clipped_fraction: float
+    speech_s: float  # seconds of VAD speech (voiceid.audio.vad, 30 ms frames)
+    level_dbfs: float | None  # median level of the speech frames; None: no speech found
+    clipped_fraction: float  # of samples at full scale
+    quiet_speech: bool = False  # no speech at normal levels, but speech far below them
 
 
 def assess(samples: Vector) -> AudioQuality:
-    """VAD speech seconds, speech level and clipping of a 16 kHz float32 clip."""
-    flags = voice_flags(samples)
-    levels = frame_dbfs(samples, 480)[: len(flags)]
-    voiced = levels[flags]
-    level = float(np.median(voiced)) if len(voiced) else None
-    clipped = float(np.mean(np.abs(samples) >= 0.999)) if len(samples) else 0.0
-    return AudioQuality(float(flags.sum()) * 0.030, level, clipped)
+    """VAD speech seconds, speech level and clipping of a 16 kHz float32 clip.
+
+    Speech that the VAD cannot hear because it is far too quiet (its floor is at
+    least -65 dBFS) is still recognised: the clip is amplified so its loud frames
+    sit at a normal level and the VAD runs again; when it finds speech there and
+    the frame levels vary like speech (not like stationary noise or hum), the
+    result has ``quiet_speech`` and the level of that speech.
+    """
+    x = np.ascontiguousarray(samples, dtype=np.float32).reshape(-1)
+    clipped = float(np.mean(np.abs(x) >= CLIP_LEVEL)) if x.size else 0.0
+    if x.size < FRAME or not bool(np.isfinite(x).all()):
+        return AudioQuality(0.0, None, clipped)
+    levels = frame_dbfs(x, FRAME)
+    flags = voice_flags(x)
+    n = min(len(flags), len(levels))
+    flags, levels = flags[:n], levels[:n]
+    speech_s = float(flags.sum()) * FRAME_S
+    if flags.any():
+        return AudioQuality(speech_s, float(np.median(levels[flags])), clipped)
+    loud = float(np.percentile(levels, 95)) if n else -120.0
+    if loud < SILENCE_DBFS or loud - float(np.percentile(levels, 10)) < MIN_DYNAMIC_DB:
+        return AudioQuality(speech_s, None, clipped)
+    probe = (x * np.float32(10.0 ** ((PROBE_DBFS - loud) / 20.0))).astype(np.float32)
+    quiet = voice_flags(probe)[:n]
+    if not quiet.any():
+        return AudioQuality(speech_s, None, clipped)
+    return AudioQuality(speech_s, float(np.median(levels[: len(quiet)][quiet])), clipped, True)
 
 
 @dataclass
@@ -114,6 +199,7 @@ class EnrollmentSession:
         policy: EnrollmentPolicy | None = None,
         replace: bool = False,
     ) -> EnrollmentSession:
+        """Begin enrolling ``name``; refuses an existing name unless ``replace``."""
         name = check_name(name)
         if not replace and name in store:
             raise ProfileError(
@@ -132,98 +218,135 @@ class EnrollmentSession:
         )
 
     # -- progress ---------------------------------------------------------------
+    @property
+    def consistency_bar(self) -> float:
+        """Cosine a new utterance needs to the running centroid."""
+        bar = self.policy.consistency
+        return self.threshold if bar is None else bar
+
     def progress(self) -> Progress:
         p = self.policy
-        got_s = sum(u.speech_s for u in self.utterances)
+        got_s = float(sum(u.speech_s for u in self.utterances))
         n = len(self.utterances)
-        frac = min(got_s / p.min_total_speech_s if p.min_total_speech_s else 1.0,
-                   n / p.min_utterances if p.min_utterances else 1.0, 1.0)
+        frac = min(
+            got_s / p.min_total_speech_s if p.min_total_speech_s else 1.0,
+            n / p.min_utterances,
+            1.0,
+        )
+        complete = got_s >= p.min_total_speech_s and n >= p.min_utterances
         return Progress(
             collected_s=round(got_s, 2),
             required_s=p.min_total_speech_s,
             utterances=n,
             required_utterances=p.min_utterances,
-            percent=int(frac * 100),
-            complete=got_s >= p.min_total_speech_s and n >= p.min_utterances,
+            percent=100 if complete else min(99, int(frac * 100 + 1e-9)),
+            complete=complete,
         )
-
-    def _running_centroid(self) -> Vector | None:
-        if not self.utterances:
-            return None
-        return centroid([u.embedding for u in self.utterances])
 
     def _check_open(self) -> None:
         if self.closed:
             raise ProfileError(f"enrollment of {self.name!r} is already finished or cancelled")
 
+    def _reject(
+        self,
+        feedback: tuple[Feedback, ...],
+        speech_s: float,
+        level: float | None,
+        score: float | None = None,
+    ) -> AddResult:
+        return AddResult(False, feedback, speech_s, level, score, self.progress())
+
     # -- adding utterances --------------------------------------------------------
     def add_audio(self, samples: Vector, source: str = "") -> AddResult:
-        """Judge a clip (16 kHz float32), embed it if it is good, and count it."""
+        """Judge a clip (16 kHz float32 mono), embed it if it is good, and count it."""
         self._check_open()
         if self.embedder is None:
             raise ProfileError("this enrollment session takes embeddings only")
-        q = assess(np.asarray(samples, dtype=np.float32))
+        x = np.ascontiguousarray(samples, dtype=np.float32).reshape(-1)
+        q = assess(x)
         p = self.policy
         problems: list[Feedback] = []
-        if q.speech_s < p.no_voice_s:
+        quiet = q.level_dbfs is not None and q.level_dbfs < p.min_level_dbfs
+        if quiet:
+            problems.append(Feedback.TOO_QUIET)  # the cause; shortness follows from it
+        elif q.speech_s < p.no_voice_s:
             problems.append(Feedback.NO_VOICE)
         elif q.speech_s < p.min_utterance_speech_s:
             problems.append(Feedback.TOO_SHORT)
         if q.clipped_fraction > p.max_clipped_fraction:
             problems.append(Feedback.CLIPPING)
-        if q.level_dbfs is not None and q.level_dbfs < p.min_level_dbfs:
-            problems.append(Feedback.TOO_QUIET)
         if problems:
-            return AddResult(False, tuple(problems), q.speech_s, q.level_dbfs, None,
-                             self.progress())
+            return self._reject(tuple(problems), q.speech_s, q.level_dbfs)
         try:
-            emb = self.embedder.embed(samples, where=source or "utterance")
+            emb = self.embedder.embed(x, where=source or "utterance")
         except AudioError:
-            return AddResult(False, (Feedback.NO_VOICE,), q.speech_s, q.level_dbfs, None,
-                             self.progress())
+            return self._reject((Feedback.NO_VOICE,), q.speech_s, q.level_dbfs)
         return self._add(emb, q.speech_s, source, q.level_dbfs)
 
     def add_embedding(self, embedding: Vector, speech_s: float, source: str = "") -> AddResult:
         """Count a ready embedding (computed elsewhere with the same model)."""
         self._check_open()
-        emb = np.asarray(embedding, dtype=np.float32).reshape(-1)
-        if not np.all(np.isfinite(emb)) or float(np.linalg.norm(emb)) == 0.0:
+        emb = np.asarray(embedding, dtype=np.float64).reshape(-1)
+        norm = float(np.linalg.norm(emb)) if emb.size else 0.0
+        if not bool(np.isfinite(emb).all()) or not norm > 0.0:
             raise ProfileError("embedding has NaN/Inf or is all zeros")
+        if self.utterances and emb.size != self.utterances[0].dim:
+            raise ProfileError(
+                f"embedding has dimension {emb.size}, the utterances so far "
+                f"{self.utterances[0].dim}"
+            )
+        speech_s = float(speech_s)
+        if not math.isfinite(speech_s) or speech_s < 0:
+            raise ProfileError(f"speech_s must be >= 0 seconds, got {speech_s}")
+        if speech_s < self.policy.no_voice_s:
+            return self._reject((Feedback.NO_VOICE,), speech_s, None)
         if speech_s < self.policy.min_utterance_speech_s:
-            return AddResult(False, (Feedback.TOO_SHORT,), speech_s, None, None,
-                             self.progress())
-        return self._add(emb / np.linalg.norm(emb), speech_s, source, None)
+            return self._reject((Feedback.TOO_SHORT,), speech_s, None)
+        return self._add((emb / norm).astype(np.float32), speech_s, source, None)
 
     def _add(self, emb: Vector, speech_s: float, source: str, level: float | None) -> AddResult:
-        bar = self.policy.consistency if self.policy.consistency is not None else self.threshold
-        center = self._running_centroid()
-        score = None if center is None else float(np.dot(center, emb))
-        if score is not None and score < bar:
-            return AddResult(False, (Feedback.INCONSISTENT,), speech_s, level, score,
-                             self.progress())
-        self.utterances.append(Utterance(emb.astype(np.float32), float(speech_s), source))
+        emb = np.asarray(emb, dtype=np.float32)
+        score: float | None = None
+        if self.utterances:
+            stack = np.stack([u.embedding for u in self.utterances]).astype(np.float64)
+            stack /= np.linalg.norm(stack, axis=1, keepdims=True)
+            if float(np.max(stack @ emb.astype(np.float64))) >= self.policy.duplicate_cosine:
+                return self._reject((Feedback.DUPLICATE,), speech_s, level)
+            score = float(np.dot(centroid([u.embedding for u in self.utterances]), emb))
+            if score < self.consistency_bar:
+                return self._reject((Feedback.INCONSISTENT,), speech_s, level, score)
+        self.utterances.append(Utterance(emb, float(speech_s), source))
         return AddResult(True, (Feedback.OK,), speech_s, level, score, self.progress())
 
     # -- ending -------------------------------------------------------------------
     def finish(self, metadata: dict[str, str] | None = None) -> Profile:
-        """Commit the profile in one transaction; refuses an incomplete enrollment."""
+        """Commit the profile in one transaction; refuses an incomplete enrollment.
+
+        On re-enrollment (``replace``) the profile keeps its id, name and creation
+        time; its metadata is replaced only when ``metadata`` is given.
+        """
         self._check_open()
         prog = self.progress()
         if not prog.complete:
             raise ProfileError(
                 f"enrollment of {self.name!r} is incomplete: {prog.utterances}/"
                 f"{prog.required_utterances} utterances, {prog.collected_s:.1f}/"
-                f"{prog.required_s:.0f} s of speech",
-                hint="add more utterances (longer speech) before finishing",
+                f"{prog.required_s:.1f} s of speech; nothing was written",
+                hint=f"add {prog.missing()} before finishing",
             )
+        meta = check_metadata(metadata) if metadata is not None else None
         if self.replace and self.name in self.store:
             profile = self.store.replace_utterances(
-                self.name, self.utterances, fingerprint=self.fingerprint,
+                self.name,
+                self.utterances,
+                fingerprint=self.fingerprint,
                 model_name=self.model_name,
             )
+            if meta is not None:
+                profile = self.store.update(profile.id, metadata=meta)
         else:
             profile = self.store.add(
-                self.name, self.fingerprint, self.model_name, self.utterances, metadata
+                self.name, self.fingerprint, self.model_name, self.utterances, meta
             )
         self.closed = True
         return profile
