@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from voiceid.errors import ConfigError
@@ -52,7 +52,8 @@ class StreamSection(_Section):
 
 
 class DecisionSection(_Section):
-    threshold: float | None = Field(default=None, ge=-1, le=1)  # None: stored or model default
+    # cosine in [-1, 1]; with score_norm asnorm a z-score (required: measure it with eval)
+    threshold: float | None = None  # None: stored per model, else the model default
     exit_margin: float = Field(default=0.05, ge=0, le=1)  # exit = threshold - margin
     smoothing: Literal["ema", "vote"] = "ema"
     alpha: float = Field(default=0.5, gt=0, le=1)  # EMA weight of the newest hop
@@ -65,6 +66,18 @@ class DecisionSection(_Section):
     score_norm: Literal["none", "asnorm"] = "none"  # adaptive s-norm needs a cohort
     cohort: Path | None = None  # cohort file from `voiceid cohort build`
     cohort_top_n: int = Field(default=300, ge=1)  # AS-norm: top-N cohort scores
+
+    @model_validator(mode="after")
+    def _threshold_units(self) -> DecisionSection:
+        t = self.threshold
+        if self.score_norm == "none" and t is not None and not -1.0 <= t <= 1.0:
+            raise ValueError("threshold is a cosine: it must be in [-1, 1]")
+        if self.score_norm == "asnorm" and t is None:
+            raise ValueError(
+                "score_norm asnorm needs an explicit threshold (a z-score): measure it with "
+                "`voiceid eval DIR --norm asnorm --cohort FILE --target-far 0.01`"
+            )
+        return self
 
 
 class EngineSection(_Section):

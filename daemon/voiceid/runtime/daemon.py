@@ -91,7 +91,12 @@ class Daemon:
 
     async def _serve(self, app: App) -> None:
         cfg = self.settings
-        threshold = app.threshold(cfg.decision.threshold)
+        # cosine: config, else stored per model, else the card; AS-norm: config (required)
+        threshold = (
+            cfg.decision.threshold
+            if cfg.decision.score_norm == "asnorm" and cfg.decision.threshold is not None
+            else app.threshold(cfg.decision.threshold)
+        )
         index = app.index()
         for foreign in index.foreign:
             log.warning(

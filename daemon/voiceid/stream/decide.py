@@ -74,8 +74,8 @@ class DecisionConfig:
     top_k: int = 3  # names in a Scores event (0: no Scores events)
 
     def __post_init__(self) -> None:
-        if not -1.0 <= self.enter <= 1.0:
-            raise ConfigError(f"enter threshold must be a cosine in [-1, 1], got {self.enter}")
+        if not math.isfinite(self.enter):
+            raise ConfigError(f"enter threshold must be finite, got {self.enter}")
         if self.exit_threshold > self.enter:
             raise ConfigError(f"exit ({self.exit}) must be ≤ enter ({self.enter})")
         if self.smoothing not in ("ema", "vote"):
