@@ -191,6 +191,17 @@ def test_enroll_inconsistent_speaker_is_not_counted(
     assert doc["committed"] and doc["profile"]["utterances"] == 3
 
 
+def test_enroll_incomplete_after_inconsistent_suggests_reordering(
+    capsys: pytest.CaptureFixture[str], empty_db: Path, speakers: dict[str, list[Path]]
+) -> None:
+    argv = ("enroll", "carol", *files(speakers, A, 2), *files(speakers, B, 0), *GE2E)
+    code, out, err = run(capsys, empty_db, *argv)
+    assert code == 3
+    assert ": inconsistent  speech" in out and "only the enrolling person should speak" in out
+    one_line_error(err, "1 of 2 files rejected", "the first may be the odd one")
+    assert run_json(capsys, empty_db, "profiles", "list") == []
+
+
 def test_duplicate_name_and_replace(
     capsys: pytest.CaptureFixture[str], db: Path, speakers: dict[str, list[Path]]
 ) -> None:

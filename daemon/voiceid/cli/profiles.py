@@ -300,12 +300,18 @@ def cmd_enroll(args: argparse.Namespace) -> int:
             )
         if profile is None:
             rejected = sum(1 for r in results if not r["accepted"])
+            hint = "add more recordings of the same person: longer sentences, in a quiet room"
+            if any("inconsistent" in r["feedback"] for r in results):
+                hint += (
+                    "; if every file after the first is 'inconsistent', the first may be the "
+                    "odd one: put another file first"
+                )
             raise AudioError(
                 f"enrollment of {session.name!r} is incomplete: {prog.utterances}/"
                 f"{prog.required_utterances} utterances and {prog.collected_s:.1f}/"
                 f"{prog.required_s:g} s of speech accepted ({rejected} of {len(results)} "
                 f"files rejected); it still needs {prog.missing()}; nothing was written",
-                hint="add more recordings of the same person (longer sentences, a quiet room)",
+                hint=hint,
             )
         if not args.json:
             verb = "re-enrolled" if args.replace else "enrolled"

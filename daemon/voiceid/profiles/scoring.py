@@ -67,9 +67,9 @@ def require_same_model(
             f"profile {profile.name!r} was enrolled with model {profile.model_name} "
             f"(fingerprint {profile.fingerprint}), not {model_name} ({fingerprint}): "
             "its scores would be meaningless",
-            hint=f"re-enroll {profile.name} with model {model_name} "
-            f"(voiceid enroll --replace --model {model_name} {profile.name} FILE...), "
-            f"or score with --model {profile.model_name}",
+            hint=f"re-enroll {profile.name} with model {model_name}: voiceid enroll --replace "
+            f"--model {model_name} {profile.name} FILE...; or score with --model "
+            f"{profile.model_name}",
         )
 
 
