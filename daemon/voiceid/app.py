@@ -58,5 +58,15 @@ class App:
         stored = self.store.get_threshold(self.fingerprint)
         return stored if stored is not None else self.embedder.card.threshold
 
+    def stream_threshold(self, override: float | None = None) -> float:
+        """Enter threshold of the streaming decider (1-2 s windows score lower than utterances).
+
+        ``override`` (config), else the card's measured window threshold, else ``threshold()``.
+        """
+        if override is not None:
+            return override
+        card = self.embedder.card
+        return card.stream_threshold if card.stream_threshold is not None else self.threshold()
+
     def close(self) -> None:
         self.store.close()

@@ -141,12 +141,14 @@ def _demo(
         chunks += [x, pause]
         t += (len(x) + len(pause)) / rate
     settings = Settings()
+    stream_threshold = app.stream_threshold()
+    print(f"   (streaming decisions on 1-2 s windows: threshold {stream_threshold:.2f})")
     events = run_file(
         np.concatenate(chunks),
         make_frontend(emb.card.frontend),
         emb.embed_features,
         index,
-        stream_config(settings, threshold),
+        stream_config(settings, stream_threshold),
         stream="demo",
     )
     for e in events:

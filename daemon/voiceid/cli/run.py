@@ -74,7 +74,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
     settings = _settings(args.config)
     app = App.open(args.model, db=args.db, device=args.device, threads=args.threads)
     try:
-        threshold = app.threshold(
+        threshold = app.stream_threshold(
             args.threshold if args.threshold is not None else settings.decision.threshold
         )
         samples = load_audio(args.file, app.embedder.sample_rate)

@@ -38,6 +38,9 @@ class ModelCard(BaseModel):
     min_coverage: float = 0.75  # keep the last segment only if this much of it is audio
     threshold: float = Field(default=0.5, ge=-1.0, le=1.0)  # default cosine threshold
     threshold_source: str = ""  # how the default threshold was obtained
+    # streaming decisions score 1-2 s windows, which score lower than whole utterances:
+    # their own measured threshold (None: use ``threshold``)
+    stream_threshold: float | None = Field(default=None, ge=-1.0, le=1.0)
 
     @property
     def frontend_json(self) -> str:

@@ -57,7 +57,8 @@ BUILTIN: dict[str, ModelCard] = {
         segment_frames=160,
         segment_step=77,
         threshold=0.75,
-        threshold_source="see docs/thresholds.md (measured with `voiceid eval`)",
+        threshold_source="docs/thresholds.md (bench/ge2e_threshold.py, voiceid eval)",
+        stream_threshold=0.70,
     ),
     "wespeaker-resnet34-random": ModelCard(
         name="wespeaker-resnet34-random",

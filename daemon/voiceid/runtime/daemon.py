@@ -95,7 +95,7 @@ class Daemon:
         threshold = (
             cfg.decision.threshold
             if cfg.decision.score_norm == "asnorm" and cfg.decision.threshold is not None
-            else app.threshold(cfg.decision.threshold)
+            else app.stream_threshold(cfg.decision.threshold)
         )
         index = app.index()
         for foreign in index.foreign:
