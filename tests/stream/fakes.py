@@ -21,6 +21,26 @@ def silence(seconds: float) -> NDArray[np.float32]:
     return np.zeros(round(seconds * RATE), dtype=np.float32)
 
 
+def at_level(
+    x: NDArray[np.float32], dbfs: float, background_dbfs: float | None = None, seed: int = 7
+) -> NDArray[np.float32]:
+    """``x`` scaled to RMS ``dbfs``, plus white noise at ``background_dbfs`` if given."""
+    y = x.astype(np.float64) * 10 ** (dbfs / 20) / np.sqrt(np.mean(np.square(x, dtype=np.float64)))
+    if background_dbfs is not None:
+        y += noise(x.size / RATE, background_dbfs, seed=seed)
+    return y.astype(np.float32)
+
+
+def vowel(seconds: float, dbfs: float, f0: float = 120.0, seed: int = 0) -> NDArray[np.float32]:
+    """A steady synthetic vowel: harmonics of ``f0`` up to 4 kHz (amplitude 1/k, random
+    phases), RMS ``dbfs``. webrtcvad (every mode) calls it speech at −35 dBFS and above."""
+    t = np.arange(round(seconds * RATE)) / RATE
+    phases = np.random.default_rng(seed).uniform(0.0, 2 * np.pi, int(4000 / f0))
+    x = sum(np.sin(2 * np.pi * f0 * k * t + ph) / k for k, ph in enumerate(phases, 1))
+    x = np.asarray(x, dtype=np.float64)
+    return (x * 10 ** (dbfs / 20) / np.sqrt(np.mean(x * x))).astype(np.float32)
+
+
 class FakeFrontEnd:
     """Incremental per-frame log-energy features (Kaldi geometry: 400/160, snip_edges).
 

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
+from typing import Literal
 
 import pytest
 
@@ -24,8 +26,8 @@ SIL = None  # a silent hop in a script
 class Script:
     """Drives a Decider hop by hop (hop k ends at k * 0.5 s) and collects its events."""
 
-    def __init__(self, config: DecisionConfig | None = None) -> None:
-        self.decider = Decider(config or DecisionConfig(enter=0.6, top_k=0))
+    def __init__(self, config: DecisionConfig) -> None:
+        self.decider = Decider(config)
         self.ids = itertools.count(1)
         self.t = 0.0
         self.events: list[Event] = []
@@ -39,7 +41,9 @@ class Script:
             latency_ms=0.0,
         )
 
-    def run(self, hops: list[list[float] | None], names: list[str] = NAMES) -> list[Event]:
+    def run(
+        self, hops: Sequence[Sequence[float] | None], names: Sequence[str] = NAMES
+    ) -> list[Event]:
         out: list[Event] = []
         for h in hops:
             self.t += HOP
@@ -74,9 +78,16 @@ def brief(events: list[Event]) -> list[tuple[object, ...]]:
 
 A, B, NOBODY = [0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.3, 0.2, 0.1]
 
+# Dwell/hysteresis semantics: every decision waits ``min_dwell_hops`` (no one-hop starts
+# or unknowns, whatever the score). Exit threshold 0.55.
+DWELL = DecisionConfig(enter=0.6, top_k=0, confident_margin=None)
+# The daemon's default: confident_margin 0.05, so a smoothed score ≥ 0.65 starts a speaker
+# after one hop, and a best score < 0.50 is unknown after one hop.
+CONFIDENT = DecisionConfig(enter=0.6, top_k=0)
+
 
 def test_enter_change_unknown_silence_end() -> None:
-    s = Script()
+    s = Script(DWELL)
     s.run([SIL, SIL])  # t 0.5, 1.0: stream starts silent
     s.run([A, A, A])  # t 1.5, 2.0, 2.5
     s.run([B, B, B])  # 3.0, 3.5, 4.0
@@ -97,7 +108,7 @@ def test_enter_change_unknown_silence_end() -> None:
 
 
 def test_silence_ends_a_speaker_after_end_silence() -> None:
-    s = Script()
+    s = Script(DWELL)
     s.run([A, A, A, A])  # 0.5 .. 2.0, started at 1.0
     s.run([SIL])  # 2.5: 0.5 s since the last voiced hop
     assert brief(s.events) == [("start", "A", 1.0)]
@@ -111,21 +122,22 @@ def test_silence_ends_a_speaker_after_end_silence() -> None:
 
 
 def test_a_short_pause_keeps_the_speaker() -> None:
-    s = Script()
+    s = Script(DWELL)
     s.run([A, A, SIL, A, A, SIL, A])
     s.close()
     assert brief(s.events) == [("start", "A", 1.0), ("end", "A", "closed", 3.5, 2.5)]
 
 
-def test_silence_only_never_names_anyone() -> None:
-    s = Script(DecisionConfig(enter=0.6, top_k=0))
+@pytest.mark.parametrize("config", [DWELL, CONFIDENT], ids=["dwell", "confident"])
+def test_silence_only_never_names_anyone(config: DecisionConfig) -> None:
+    s = Script(config)
     s.run([SIL] * 50)
     s.close()
     assert s.events == []
 
 
 def test_hysteresis_prevents_flapping_around_the_threshold() -> None:
-    cfg = DecisionConfig(enter=0.6, alpha=1.0, top_k=0)  # no smoothing
+    cfg = DecisionConfig(enter=0.6, alpha=1.0, top_k=0, confident_margin=None)  # no smoothing
     s = Script(cfg)
     s.run([[0.65, 0.0, 0.0]] * 2)  # start
     wobble = [[0.62, 0.0, 0.0], [0.57, 0.0, 0.0]] * 20  # around enter, above exit 0.55
@@ -137,7 +149,7 @@ def test_hysteresis_prevents_flapping_around_the_threshold() -> None:
 
 
 def test_no_flapping_between_two_close_speakers() -> None:
-    cfg = DecisionConfig(enter=0.6, alpha=1.0, top_k=0)
+    cfg = DecisionConfig(enter=0.6, alpha=1.0, top_k=0, confident_margin=None)
     s = Script(cfg)
     s.run([[0.8, 0.78, 0.0]] * 2)
     s.run([[0.78, 0.81, 0.0], [0.81, 0.78, 0.0], [0.78, 0.81, 0.0], [0.78, 0.81, 0.0]] * 5)
@@ -145,7 +157,9 @@ def test_no_flapping_between_two_close_speakers() -> None:
 
 
 def test_dwell_is_respected() -> None:
-    s = Script(DecisionConfig(enter=0.6, alpha=1.0, min_dwell_hops=3, top_k=0))
+    s = Script(
+        DecisionConfig(enter=0.6, alpha=1.0, min_dwell_hops=3, top_k=0, confident_margin=None)
+    )
     s.run([A, A, NOBODY, A, A, NOBODY])
     assert s.events == []  # never 3 hops in a row
     s.run([A, A, A])
@@ -157,7 +171,7 @@ def test_dwell_is_respected() -> None:
 
 
 def test_unknown_once_per_segment() -> None:
-    s = Script()
+    s = Script(DWELL)
     s.run([NOBODY] * 10 + [[0.5, 0.1, 0.1]] * 2 + [NOBODY] * 10)
     assert brief(s.events) == [("unknown", "A", 1.0)]
     s.run([A, A, A, NOBODY, NOBODY, NOBODY, NOBODY])
@@ -184,7 +198,7 @@ def test_scores_are_rate_limited_and_ranked() -> None:
 
 
 def test_vote_smoothing() -> None:
-    cfg = DecisionConfig(enter=0.6, smoothing="vote", vote_k=3, top_k=0)
+    cfg = DecisionConfig(enter=0.6, smoothing="vote", vote_k=3, top_k=0, confident_margin=None)
     s = Script(cfg)
     odd, b_loud = [0.1, 0.75, 0.0], [0.1, 0.95, 0.1]
     s.run([A, A, odd, A])
@@ -195,7 +209,7 @@ def test_vote_smoothing() -> None:
 
 
 def test_enrolled_names_can_change() -> None:
-    s = Script()
+    s = Script(DWELL)
     s.run([A, A])
     s.run([[0.1, 0.8], [0.1, 0.8], [0.1, 0.8]], names=["B", "D"])  # A removed, D enrolled
     assert brief(s.events)[0] == ("start", "A", 1.0)
@@ -203,7 +217,7 @@ def test_enrolled_names_can_change() -> None:
 
 
 def test_nobody_enrolled_is_unknown_without_a_guess() -> None:
-    s = Script()
+    s = Script(DWELL)
     s.run([[]] * 3, names=[])
     assert len(s.events) == 1
     e = s.events[0]
@@ -219,11 +233,13 @@ def test_config_validation() -> None:
     with pytest.raises(ConfigError):
         DecisionConfig(min_dwell_hops=0)
     with pytest.raises(ValueError):
-        Decider().on_scores([0.1, 0.2], ["A"], 0.5, Script().stamp)
+        Decider().on_scores([0.1, 0.2], ["A"], 0.5, Script(DWELL).stamp)
 
 
 def test_a_blocked_change_still_ends_the_low_speaker() -> None:
-    cfg = DecisionConfig(enter=0.6, exit=0.58, alpha=1.0, change_margin=0.5, top_k=0)
+    cfg = DecisionConfig(
+        enter=0.6, exit=0.58, alpha=1.0, change_margin=0.5, top_k=0, confident_margin=None
+    )
     s = Script(cfg)
     s.run([A, A])  # A starts at 1.0
     s.run([[0.3, 0.65, 0.0]] * 4)  # B ≥ enter but not 0.5 above A; A < exit
@@ -232,3 +248,126 @@ def test_a_blocked_change_still_ends_the_low_speaker() -> None:
         ("end", "A", "low_score", 2.0, 1.0),  # B has dwelt 2 hops without a change: end
         ("start", "B", 2.5),
     ]
+
+
+# -- confident one-hop decisions (confident_margin) ------------------------------------
+
+
+def test_the_default_is_a_confident_margin_of_005() -> None:
+    assert DecisionConfig().confident_margin == pytest.approx(0.05)
+
+
+def test_a_confident_score_starts_after_one_hop() -> None:
+    s = Script(CONFIDENT)
+    s.run([SIL, [0.66, 0.1, 0.1]])  # 1.0: ≥ enter + margin (0.65) on the first voiced hop
+    assert brief(s.events) == [("start", "A", 1.0)]
+    (started,) = s.events
+    assert isinstance(started, SpeakerStarted) and started.score == pytest.approx(0.66)
+    s = Script(CONFIDENT)
+    s.run([[0.64, 0.1, 0.1]])  # ≥ enter, < enter + margin: the dwell applies
+    assert s.events == []
+    s.run([[0.64, 0.1, 0.1]])
+    assert brief(s.events) == [("start", "A", 1.0)]
+
+
+def test_the_confident_bound_is_the_smoothed_score() -> None:
+    # EMA 0.5. 0.52 (< exit, not by the margin: no unknown yet), then 0.8: smoothed 0.66
+    # ≥ 0.65, a start on the first hop A is ≥ enter
+    s = Script(CONFIDENT)
+    s.run([[0.52, 0.1, 0.1], [0.8, 0.1, 0.1]])
+    assert brief(s.events) == [("start", "A", 1.0)]
+    # 0.52 then 0.7: smoothed 0.61 ≥ enter but not confident, one hop of dwell only
+    s = Script(CONFIDENT)
+    s.run([[0.52, 0.1, 0.1], [0.7, 0.1, 0.1]])
+    assert s.events == []
+
+
+def test_a_confident_low_score_is_unknown_after_one_hop() -> None:
+    s = Script(CONFIDENT)
+    s.run([[0.45, 0.3, 0.1]])  # best 0.45 < exit − margin (0.50)
+    assert brief(s.events) == [("unknown", "A", 0.5)]
+    (unknown,) = s.events
+    assert isinstance(unknown, UnknownSpeaker) and unknown.score == pytest.approx(0.45)
+    s.run([[0.45, 0.3, 0.1]] * 4)
+    assert len(s.events) == 1  # still once per segment
+    s = Script(CONFIDENT)
+    s.run([[0.52, 0.3, 0.1]])  # < exit (0.55) but not by the margin: the dwell applies
+    assert s.events == []
+    s.run([[0.52, 0.3, 0.1]])
+    assert brief(s.events) == [("unknown", "A", 1.0)]
+
+
+def test_nobody_enrolled_is_unknown_after_one_hop() -> None:
+    s = Script(CONFIDENT)
+    s.run([[]], names=[])
+    (e,) = s.events
+    assert isinstance(e, UnknownSpeaker) and e.best is None and e.score is None
+    assert e.stream_time_s == 0.5
+
+
+def test_a_change_between_speakers_always_dwells() -> None:
+    cfg = DecisionConfig(enter=0.6, alpha=1.0, top_k=0, min_dwell_hops=3)
+    s = Script(cfg)
+    s.run([[1.0, 0.0, 0.0]])  # 0.5: confident start, no dwell
+    s.run([[0.0, 1.0, 0.0]] * 2)  # 1.0, 1.5: B is perfect, A is far below exit
+    assert brief(s.events) == [("start", "A", 0.5)]  # neither a change nor an end yet
+    s.run([[0.0, 1.0, 0.0]])  # 2.0: B has been best for 3 hops
+    assert brief(s.events) == [("start", "A", 0.5), ("change", "A", "B", 2.0)]
+
+
+def test_a_low_score_end_always_dwells() -> None:
+    s = Script(DecisionConfig(enter=0.6, alpha=1.0, top_k=0))
+    s.run([[1.0, 0.0, 0.0]])  # 0.5: confident start
+    s.run([[-1.0, -1.0, -1.0]])  # 1.0: far below exit, but the end waits for the dwell
+    assert brief(s.events) == [("start", "A", 0.5)]
+    s.run([[-1.0, -1.0, -1.0]])  # 1.5: ended, and unknown on the same hop
+    assert brief(s.events)[1:] == [("end", "A", "low_score", 1.5, 1.0), ("unknown", "A", 1.5)]
+
+
+def test_the_script_with_confident_decisions() -> None:
+    # test_enter_change_unknown_silence_end's script at the default margin: starts and
+    # unknowns come one hop sooner where the score is beyond the margin, the change does not
+    s = Script(CONFIDENT)
+    s.run([SIL, SIL, A, A, A, B, B, B])
+    s.run([NOBODY] * 4 + [SIL] * 3 + [NOBODY] * 3)
+    s.close()
+    assert brief(s.events) == [
+        ("start", "A", 1.5),  # 0.8 ≥ 0.65 on the first voiced hop
+        ("change", "A", "B", 4.0),  # as with DWELL: B best at 3.5 and 4.0
+        ("end", "B", "low_score", 5.0, 1.0),  # as with DWELL
+        ("unknown", "B", 5.0),
+        ("unknown", "A", 8.0),  # fresh after the silence: 0.3 < 0.50 at once
+    ]
+
+
+@pytest.mark.parametrize("smoothing", ["ema", "vote"])
+def test_confident_margin_none_always_dwells(smoothing: Literal["ema", "vote"]) -> None:
+    cfg = DecisionConfig(enter=0.6, top_k=0, smoothing=smoothing, confident_margin=None)
+    s = Script(cfg)
+    s.run([[1.0, 0.0, 0.0]])
+    assert s.events == []
+    s.run([[1.0, 0.0, 0.0]])
+    assert brief(s.events) == [("start", "A", 1.0)]
+    s = Script(cfg)
+    s.run([[-1.0, -1.0, -1.0]])
+    assert s.events == []
+    s.run([[-1.0, -1.0, -1.0]])
+    assert brief(s.events) == [("unknown", "A", 1.0)]
+
+
+def test_a_larger_confident_margin_needs_a_larger_score() -> None:
+    cfg = DecisionConfig(enter=0.6, top_k=0, confident_margin=0.3)
+    s = Script(cfg)
+    s.run([A])  # 0.8 < 0.9
+    assert s.events == []
+    s.run([A])
+    assert brief(s.events) == [("start", "A", 1.0)]
+    s = Script(cfg)
+    s.run([[0.95, 0.0, 0.0]])
+    assert brief(s.events) == [("start", "A", 0.5)]
+    s = Script(cfg)
+    s.run([NOBODY])  # 0.3 ≥ 0.55 − 0.3: not confident
+    assert s.events == []
+    s = Script(cfg)
+    s.run([[0.2, 0.1, 0.0]])  # 0.2 < 0.25
+    assert brief(s.events) == [("unknown", "A", 0.5)]

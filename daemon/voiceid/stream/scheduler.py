@@ -210,9 +210,13 @@ class HopScheduler:
         end = self._samples.total
         seq = end // cfg.hop_samples
         t = end / cfg.sample_rate
-        flags = self.gate.flags(self._vad_frames)
-        voiced = float(np.count_nonzero(flags)) * FRAME_S
-        hop_voiced = float(np.count_nonzero(flags[-self._hop_vad_frames :])) * FRAME_S
+        self.gate.flush()  # the flags must reach the hop end (webrtcvad sub-windows lag)
+        # the look-back (window_s) for the voice rules; a pause that ended inside it may
+        # have begun up to pause_s before it
+        flags = self.gate.flags(self._vad_frames + self._pause_frames)
+        look = flags[-self._vad_frames :]
+        voiced = float(np.count_nonzero(look)) * FRAME_S
+        hop_voiced = float(np.count_nonzero(look[-self._hop_vad_frames :])) * FRAME_S
         eps = 1e-9
         if voiced + eps < cfg.min_voiced_s or hop_voiced + eps < cfg.min_hop_voiced_s:
             return SilentHop(self.stream, seq, end, t, now, voiced)
@@ -240,7 +244,8 @@ class HopScheduler:
             silent = np.convolve(~flags, np.ones(p, dtype=np.int32), mode="valid") == p
             runs = np.flatnonzero(silent)
             if runs.size:
-                after_pause = (flags.size - (runs[-1] + p)) * self.gate.frame
+                unflagged = self._samples.total - self.gate.frames_out * self.gate.frame
+                after_pause = (flags.size - (runs[-1] + p)) * self.gate.frame + unflagged
                 available = min(available, after_pause)
         fitting = [b for b in self._buckets if b <= available]
         return fitting[-1] if fitting else 0

@@ -4,7 +4,7 @@ Two detectors:
 
 * ``webrtc`` (default): webrtcvad (aggressiveness ``mode`` 0-3) on ``window_ms``
   sub-windows (10, 20 or 30 ms); each sub-window's decision is copied to its 10 ms frames,
-  so flags arrive in groups of ``window_ms / 10``.
+  so flags arrive in groups of ``window_ms / 10`` (``flush`` decides a shorter tail).
 * ``energy``: a 10 ms frame is voice when its RMS level is at least ``energy_dbfs``.
 
 In both, a 10 ms frame below the *floor* is never voice: webrtcvad alone fires on hiss,
@@ -92,7 +92,7 @@ class VoiceGate:
         cfg = self.config
         if self._levels.size == 0:
             return cfg.floor_dbfs
-        noise = float(np.percentile(self._levels.last(self._levels.size), 5))
+        noise = _percentile(self._levels.last(self._levels.size), 5.0)
         return min(cfg.floor_dbfs, max(cfg.min_floor_dbfs, noise + cfg.noise_margin_db))
 
     @property
@@ -107,17 +107,40 @@ class VoiceGate:
         windows = buf.size // self._window
         used = windows * self._window
         self._pending = buf[used:].copy()
+        return self._decide(buf[:used].reshape(windows, self._window))
+
+    def flush(self) -> NDArray[np.bool_]:
+        """Decide the whole 10 ms frames pending now as one shorter sub-window; their flags.
+
+        After it the flags reach the last whole 10 ms frame fed. The stream scheduler calls
+        it at every hop end, so a hop's flags are complete when the hop is judged (webrtcvad
+        takes 10, 20 and 30 ms frames alike). Left alone, the webrtc gate lags by up to
+        ``window_ms`` − 10 ms.
+        """
+        n = self._pending.size // self.frame * self.frame
+        if n == 0:
+            return np.zeros(0, dtype=np.bool_)
+        block = self._pending[:n].reshape(1, n)
+        self._pending = self._pending[n:].copy()
+        return self._decide(block)
+
+    def _decide(self, pcm: NDArray[np.float32]) -> NDArray[np.bool_]:
+        """Flags of the sub-windows ``pcm`` [windows, samples] (whole 10 ms frames each)."""
+        windows, per = pcm.shape[0], pcm.shape[1] // self.frame
         if windows == 0:
             return np.zeros(0, dtype=np.bool_)
-        frames = buf[:used].reshape(windows * self._per, self.frame)
-        level = level_dbfs(frames)
-        self._levels.extend(level)
-        flags = level >= self.floor_dbfs
+        level = level_dbfs(pcm.reshape(windows * per, self.frame))
+        # the floor of each sub-window comes from the levels up to and including it, never
+        # from later audio: the flags do not depend on how the input is chunked
+        floor = np.empty(windows, dtype=np.float64)
+        for w in range(windows):
+            self._levels.extend(level[w * per : (w + 1) * per])
+            floor[w] = self.floor_dbfs
+        flags = level >= np.repeat(floor, per)
         if self._vad is None:
             flags &= level >= self.config.energy_dbfs
         else:
-            by_window = flags.reshape(windows, self._per)
-            pcm = buf[:used].reshape(windows, self._window)
+            by_window = flags.reshape(windows, per)
             for i in np.flatnonzero(by_window.any(axis=1)):
                 if not self._vad.is_speech(to_pcm16(pcm[i]), self.sample_rate):
                     by_window[i] = False
@@ -142,3 +165,12 @@ class VoiceGate:
         self._pending = np.zeros(0, dtype=np.float32)
         self._flags.clear()
         self._levels.clear()
+
+
+def _percentile(values: NDArray[np.float64], q: float) -> float:
+    """``np.percentile(values, q)`` (linear interpolation) via a partial sort: faster."""
+    rank = q / 100.0 * (values.size - 1)
+    lo = int(np.floor(rank))
+    hi = min(lo + 1, values.size - 1)
+    part = np.partition(values, (lo, hi))
+    return float(part[lo] + (part[hi] - part[lo]) * (rank - lo))
