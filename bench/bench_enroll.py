@@ -244,6 +244,29 @@ def measure(args: argparse.Namespace) -> None:
         f"utterances with level < -45 dBFS: {int((lv < -45).sum())}, < -40: "
         f"{int((lv < -40).sum())}; quietest three: {np.sort(lv)[:3].round(1).tolist()}"
     )
+    dyn = np.array([a.dynamic_db for a in q], dtype=np.float64)
+    cut_dyn = np.array(
+        [assess(cut_to_speech(x, 1.0)).dynamic_db or 0.0 for s in spk for x in wav[s]]
+    )
+    print(f"frame-level spread p95-p10 (dB): utterances {dist(dyn)}")
+    print(f"                     1 s of speech (cut): {dist(cut_dyn)}")
+    rng = np.random.default_rng(0)
+    t = np.arange(5 * RATE) / RATE
+    brown = np.cumsum(rng.standard_normal(len(t)))
+    brown -= np.convolve(brown, np.ones(200) / 200, "same")
+    noises = {
+        "100 Hz hum, -29 dBFS": 0.05 * np.sin(2 * np.pi * 100 * t),
+        "white noise, -20 dBFS": rng.standard_normal(len(t)) * 0.1,
+        "white noise, -30 dBFS": rng.standard_normal(len(t)) * 10 ** (-30 / 20),
+        "brown noise, -26 dBFS": brown / brown.std() * 10 ** (-26 / 20),
+    }
+    for label, noise in noises.items():
+        x = noise.astype(np.float32)
+        vad_s = float(voice_flags(x).sum()) * 0.03
+        print(
+            f"  {label}: VAD alone {vad_s:.2f} s of 5 s 'speech'; spread "
+            f"{assess(x).dynamic_db:.1f} dB"
+        )
     three = [sum(a.speech_s for a in q[i * n_utt : i * n_utt + 3]) for i in range(len(spk))]
     print(f"speech in utterances 0-2 per speaker (s): {[round(t, 1) for t in three]}")
 

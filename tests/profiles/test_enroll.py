@@ -82,16 +82,28 @@ def test_too_short_one_second_of_speech(
     assert s.utterances == []
 
 
-@pytest.mark.parametrize("kind", ["silence", "noise-70dBFS", "hum"])
+@pytest.mark.parametrize(
+    "kind", ["silence", "noise-70dBFS", "hum-80dBFS", "hum-29dBFS", "noise-20dBFS", "brown-26dBFS"]
+)
 def test_no_voice(store: ProfileStore, ge2e_embedder: Any, kind: str) -> None:
+    """Silence and stationary sound, quiet or loud (webrtcvad alone calls loud hum and
+    hiss speech), are never counted as speech."""
     rng = np.random.default_rng(0)
     n = 3 * RATE
+    t = np.arange(n) / RATE
     if kind == "silence":
-        x = np.zeros(n, np.float32)
-    elif kind == "hum":  # very quiet mains hum: stationary, not speech
-        x = (10 ** (-80 / 20) * np.sin(2 * np.pi * 50 * np.arange(n) / RATE)).astype(np.float32)
+        x = np.zeros(n)
+    elif kind == "hum-80dBFS":  # very quiet mains hum
+        x = 10 ** (-80 / 20) * np.sin(2 * np.pi * 50 * t)
+    elif kind == "hum-29dBFS":  # loud 100 Hz hum
+        x = 0.05 * np.sin(2 * np.pi * 100 * t)
+    elif kind == "brown-26dBFS":  # low-frequency rumble
+        b = np.cumsum(rng.standard_normal(n))
+        b -= np.convolve(b, np.ones(200) / 200, "same")
+        x = b / b.std() * 10 ** (-26 / 20)
     else:
-        x = (rng.standard_normal(n) * 10 ** (-70 / 20)).astype(np.float32)
+        x = rng.standard_normal(n) * 10 ** (int(kind[5:8]) / 20)
+    x = x.astype(np.float32)
     s = start(store, ge2e_embedder)
     r = s.add_audio(x)
     assert not r.accepted and r.feedback == (Feedback.NO_VOICE,), r

@@ -31,9 +31,11 @@ CLIP_LEVEL = 0.999  # |sample| at or above this counts as clipped (full scale)
 SILENCE_DBFS = -100.0  # loudest frame below this: digital silence, nothing to look for
 #: Quiet-speech probe: gain that brings the 95th-percentile frame level to this (dBFS).
 PROBE_DBFS = -26.0
-#: ... and the spread of frame levels (95th - 10th percentile, dB) that tells speech, which
-#: comes and goes syllable by syllable, from stationary noise or hum (a few dB).
-MIN_DYNAMIC_DB = 15.0
+#: The spread of 30 ms frame levels (95th - 10th percentile, dB) below which a clip is
+#: stationary sound (hum, hiss, rumble: 0-4.3 dB measured), not speech, which comes and
+#: goes syllable by syllable (>= 8.7 dB even in 1 s of continuous speech, >= 17 dB in
+#: whole utterances; see docs/enrollment.md). webrtcvad alone calls loud hum or hiss speech.
+MIN_DYNAMIC_DB = 6.0
 
 
 class Feedback(StrEnum):
@@ -141,6 +143,7 @@ class AudioQuality:
     level_dbfs: float | None  # median level of the speech frames; None: no speech found
     clipped_fraction: float  # of samples at full scale
     quiet_speech: bool = False  # no speech at normal levels, but speech far below them
+    dynamic_db: float | None = None  # 95th - 10th percentile of the 30 ms frame levels
 
 
 def assess(samples: Vector) -> AudioQuality:
@@ -149,28 +152,31 @@ def assess(samples: Vector) -> AudioQuality:
     Speech that the VAD cannot hear because it is far too quiet (its floor is at
     least -65 dBFS) is still recognised: the clip is amplified so its loud frames
     sit at a normal level and the VAD runs again; when it finds speech there and
-    the frame levels vary like speech (not like stationary noise or hum), the
-    result has ``quiet_speech`` and the level of that speech.
+    the frame levels vary like speech, the result has ``quiet_speech`` and the level
+    of that speech. A clip whose frame levels hardly vary (``MIN_DYNAMIC_DB``) is
+    stationary sound, never speech, whatever the VAD says.
     """
     x = np.ascontiguousarray(samples, dtype=np.float32).reshape(-1)
     clipped = float(np.mean(np.abs(x) >= CLIP_LEVEL)) if x.size else 0.0
     if x.size < FRAME or not bool(np.isfinite(x).all()):
         return AudioQuality(0.0, None, clipped)
     levels = frame_dbfs(x, FRAME)
+    loud = float(np.percentile(levels, 95))
+    dynamic = loud - float(np.percentile(levels, 10))
+    if loud < SILENCE_DBFS or dynamic < MIN_DYNAMIC_DB:
+        return AudioQuality(0.0, None, clipped, dynamic_db=dynamic)
     flags = voice_flags(x)
     n = min(len(flags), len(levels))
     flags, levels = flags[:n], levels[:n]
-    speech_s = float(flags.sum()) * FRAME_S
     if flags.any():
-        return AudioQuality(speech_s, float(np.median(levels[flags])), clipped)
-    loud = float(np.percentile(levels, 95)) if n else -120.0
-    if loud < SILENCE_DBFS or loud - float(np.percentile(levels, 10)) < MIN_DYNAMIC_DB:
-        return AudioQuality(speech_s, None, clipped)
+        level = float(np.median(levels[flags]))
+        return AudioQuality(float(flags.sum()) * FRAME_S, level, clipped, dynamic_db=dynamic)
     probe = (x * np.float32(10.0 ** ((PROBE_DBFS - loud) / 20.0))).astype(np.float32)
     quiet = voice_flags(probe)[:n]
     if not quiet.any():
-        return AudioQuality(speech_s, None, clipped)
-    return AudioQuality(speech_s, float(np.median(levels[: len(quiet)][quiet])), clipped, True)
+        return AudioQuality(0.0, None, clipped, dynamic_db=dynamic)
+    level = float(np.median(levels[: len(quiet)][quiet]))
+    return AudioQuality(0.0, level, clipped, quiet_speech=True, dynamic_db=dynamic)
 
 
 @dataclass
