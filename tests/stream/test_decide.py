@@ -82,8 +82,11 @@ A, B, NOBODY = [0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.3, 0.2, 0.1]
 # or unknowns, whatever the score). Exit threshold 0.55.
 DWELL = DecisionConfig(enter=0.6, top_k=0, confident_margin=None)
 # The daemon's default: confident_margin 0.05, so a smoothed score ≥ 0.65 starts a speaker
-# after one hop, and a best score < 0.50 is unknown after one hop.
+# after one hop, and a best score < 0.55 (enter − margin, here also the exit) is unknown
+# after one hop.
 CONFIDENT = DecisionConfig(enter=0.6, top_k=0)
+# exit above enter − margin: between 0.55 and 0.58 "nobody" still dwells
+HIGH_EXIT = DecisionConfig(enter=0.6, exit=0.58, top_k=0)
 
 
 def test_enter_change_unknown_silence_end() -> None:
@@ -271,29 +274,32 @@ def test_a_confident_score_starts_after_one_hop() -> None:
 
 
 def test_the_confident_bound_is_the_smoothed_score() -> None:
-    # EMA 0.5. 0.52 (< exit, not by the margin: no unknown yet), then 0.8: smoothed 0.66
-    # ≥ 0.65, a start on the first hop A is ≥ enter
-    s = Script(CONFIDENT)
-    s.run([[0.52, 0.1, 0.1], [0.8, 0.1, 0.1]])
+    # EMA 0.5. 0.56 (< exit 0.58, not below enter − margin: no unknown yet), then 0.76:
+    # smoothed 0.66 ≥ 0.65, a start on the first hop A is ≥ enter
+    s = Script(HIGH_EXIT)
+    s.run([[0.56, 0.1, 0.1], [0.76, 0.1, 0.1]])
     assert brief(s.events) == [("start", "A", 1.0)]
-    # 0.52 then 0.7: smoothed 0.61 ≥ enter but not confident, one hop of dwell only
-    s = Script(CONFIDENT)
-    s.run([[0.52, 0.1, 0.1], [0.7, 0.1, 0.1]])
+    # 0.56 then 0.66: smoothed 0.61 ≥ enter but not confident, one hop of dwell only
+    s = Script(HIGH_EXIT)
+    s.run([[0.56, 0.1, 0.1], [0.66, 0.1, 0.1]])
     assert s.events == []
 
 
 def test_a_confident_low_score_is_unknown_after_one_hop() -> None:
     s = Script(CONFIDENT)
-    s.run([[0.45, 0.3, 0.1]])  # best 0.45 < exit − margin (0.50)
+    s.run([[0.45, 0.3, 0.1]])  # best 0.45 < enter − margin (0.55)
     assert brief(s.events) == [("unknown", "A", 0.5)]
     (unknown,) = s.events
     assert isinstance(unknown, UnknownSpeaker) and unknown.score == pytest.approx(0.45)
     s.run([[0.45, 0.3, 0.1]] * 4)
     assert len(s.events) == 1  # still once per segment
     s = Script(CONFIDENT)
-    s.run([[0.52, 0.3, 0.1]])  # < exit (0.55) but not by the margin: the dwell applies
+    s.run([[0.54, 0.3, 0.1]])  # < 0.55: at once
+    assert brief(s.events) == [("unknown", "A", 0.5)]
+    s = Script(HIGH_EXIT)
+    s.run([[0.56, 0.3, 0.1]])  # < exit (0.58) but not below enter − margin: the dwell applies
     assert s.events == []
-    s.run([[0.52, 0.3, 0.1]])
+    s.run([[0.56, 0.3, 0.1]])
     assert brief(s.events) == [("unknown", "A", 1.0)]
 
 

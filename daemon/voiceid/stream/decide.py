@@ -66,8 +66,9 @@ class DecisionConfig:
     vote_k: int = 3  # vote: hops voted over
     min_dwell_hops: int = 2  # hops a condition must hold (2 hops = 1 s at hop_s 0.5)
     change_margin: float = 0.05  # a new speaker must beat the current one by this much
-    # a score this far beyond a threshold decides a start (or an unknown) after one hop;
-    # changes between two speakers always dwell. None: always dwell.
+    # a smoothed score this far above ``enter`` starts a speaker after one hop, this far
+    # below it (nobody close) calls an unknown speaker after one hop; changes between two
+    # speakers always dwell. None: always dwell.
     confident_margin: float | None = 0.05
     end_silence_s: float = 1.0  # silence that ends the current speaker
     scores_interval_s: float = 1.0  # least stream time between Scores events (inf: never)
@@ -210,9 +211,7 @@ class Decider:
                 self._nobody_hops >= cfg.min_dwell_hops
                 or (
                     self._nobody_hops >= 1
-                    and self._confident(
-                        best_score < cfg.exit_threshold - (cfg.confident_margin or 0.0)
-                    )
+                    and self._confident(best_score < cfg.enter - (cfg.confident_margin or 0.0))
                 )
             )
         ):
