@@ -97,6 +97,13 @@ class WebSocketSection(_Section):
     start_timeout_s: float = Field(default=10.0, gt=0)  # time to send the start message
 
 
+class HttpSection(_Section):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=8766, ge=0, le=65535)  # REST API, web page, /metrics, /healthz
+    max_upload_bytes: int = Field(default=20 << 20, ge=1024)  # enrollment audio per request
+
+
 class MicSection(_Section):
     name: str = "mic"  # stream name in events
     device: str | int | None = None  # sounddevice name or index; None: the default input
@@ -155,6 +162,7 @@ class Settings(BaseSettings):
     websocket: WebSocketSection = WebSocketSection()
     mics: list[MicSection] = []
     mqtt: MqttSection = MqttSection()
+    http: HttpSection = HttpSection()
     stdout_events: bool = True  # JSON lines of every event on stdout
     log: LogSection = LogSection()
 

@@ -163,6 +163,12 @@ class Daemon:
             started: asyncio.Future[int] = asyncio.get_running_loop().create_future()
             tasks.append(tg.create_task(serve_websocket(hub, cfg.websocket, started=started)))
             self.ports["websocket"] = await started
+        if cfg.http.enabled:
+            from voiceid.http.server import serve_http
+
+            http_started: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+            tasks.append(tg.create_task(serve_http(self, cfg.http, started=http_started)))
+            self.ports["http"] = await http_started
         if cfg.mqtt.enabled:
             from voiceid.sinks.mqtt import run_mqtt
 
