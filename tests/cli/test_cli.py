@@ -148,11 +148,6 @@ def test_models_info_uncached(capsys: pytest.CaptureFixture[str], voiceid_home: 
     assert "inputs" not in info and "file_sha256" not in info
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cli/models.py model_info uses card.fingerprint() for unpinned models instead "
-    "of the file-hash fingerprint every embedding carries (see report)",
-)
 def test_models_info_fingerprint_of_unpinned_model(
     capsys: pytest.CaptureFixture[str], model_home: Path
 ) -> None:

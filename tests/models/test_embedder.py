@@ -216,11 +216,6 @@ def test_wespeaker_features_are_cmn(wespeaker: Embedder, utterance: np.ndarray) 
     assert float(emb @ without_cmn) < 0.9999
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Embedder(model) without a fingerprint uses card.fingerprint() ('unknown' hash) "
-    "for unpinned models; registry.ResolvedModel uses the file's sha256 (see report)",
-)
 def test_default_fingerprint_of_unpinned_model_is_the_file_hash(wespeaker: Embedder) -> None:
     resolved = registry.resolve("wespeaker-resnet34-random", cache=MODEL_CACHE / "models")
     assert wespeaker.fingerprint == resolved.fingerprint

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -87,13 +88,27 @@ def cmd_embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def stored_threshold(args: argparse.Namespace, embedder: Embedder) -> float:
+    """The threshold set with `voiceid threshold set` for this model, else the card's."""
+    from voiceid.paths import state_dir
+    from voiceid.profiles.store import DB_NAME, ProfileStore
+
+    db = args.db or state_dir() / DB_NAME
+    if Path(db).is_file():
+        with ProfileStore.open(db, check=False) as store:
+            stored = store.get_threshold(embedder.fingerprint)
+            if stored is not None:
+                return stored
+    return embedder.card.threshold
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     embedder = load_embedder(args)
     rate = embedder.sample_rate
     a = embedder.embed(load_audio(args.a, rate), where=args.a)
     b = embedder.embed(load_audio(args.b, rate), where=args.b)
     score = float(np.dot(a, b))
-    threshold = embedder.card.threshold if args.threshold is None else args.threshold
+    threshold = args.threshold if args.threshold is not None else stored_threshold(args, embedder)
     result = {
         "model": embedder.card.name,
         "score": round(score, 6),

@@ -73,7 +73,9 @@ def model_info(name: str) -> dict[str, Any]:
         **card.model_dump(),
         "path": str(path),
         "cached": path.is_file(),
-        "fingerprint": card.fingerprint(),
+        "fingerprint": registry.ResolvedModel(card, path).fingerprint
+        if path.is_file()
+        else card.fingerprint(),
     }
     if path.is_file():
         import onnx

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from voiceid.audio.vad import speech_seconds
+from voiceid.audio.vad import level_spread_db, speech_seconds
 from voiceid.errors import AudioError
 from voiceid.frontend import make_frontend
 from voiceid.models import registry
@@ -24,6 +24,7 @@ from voiceid.models.inference import Device, EmbeddingModel, l2_normalize
 Vector = NDArray[np.float32]
 MIN_SPEECH_S = 0.3  # less voiced audio than this: "no speech" (seconds, webrtcvad mode 2)
 MIN_DURATION_S = 0.5  # shorter clips are refused (seconds)
+MIN_LEVEL_SPREAD_DB = 6.0  # steadier than this (dB, see level_spread_db) is not speech
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ class Embedder:
     def __init__(self, model: EmbeddingModel, fingerprint: str | None = None) -> None:
         self.model = model
         self.card: ModelCard = model.card
-        self.fingerprint = fingerprint or model.card.fingerprint()
+        self.fingerprint = fingerprint or registry.ResolvedModel(model.card, model.path).fingerprint
 
     @classmethod
     def load(
@@ -74,6 +75,11 @@ class Embedder:
             raise AudioError(
                 f"{where} holds no speech ({speech:.2f} s voiced of {duration:.1f} s)",
                 hint="check the microphone/file: it sounds like silence or noise",
+            )
+        if level_spread_db(samples) < MIN_LEVEL_SPREAD_DB:
+            raise AudioError(
+                f"{where} holds no speech (a steady sound: hum or noise)",
+                hint="check the microphone/file",
             )
         return speech
 

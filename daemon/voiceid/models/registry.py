@@ -57,7 +57,7 @@ BUILTIN: dict[str, ModelCard] = {
         segment_frames=160,
         segment_step=77,
         threshold=0.75,
-        threshold_source="docs/thresholds.md (bench/ge2e_threshold.py, voiceid eval)",
+        threshold_source="docs/thresholds.md (bench/ge2e_threshold.py, bench/window_scores.py)",
         stream_threshold=0.70,
     ),
     "wespeaker-resnet34-random": ModelCard(
@@ -146,7 +146,14 @@ def resolve(
     if sha256:
         c = c.model_copy(update={"sha256": sha256.lower()})
     path = model_path(name, cache)
-    if path.is_file():
+    try:
+        present = path.is_file()
+    except OSError as exc:  # e.g. an unreadable cache directory
+        raise ModelError(
+            f"cannot access the model cache {path.parent}: {exc.strerror or exc}",
+            hint="check its permissions, or set VOICEID_HOME",
+        ) from None
+    if present:
         return ResolvedModel(c, path)
     if name in _LOCAL:
         raise ModelError(
