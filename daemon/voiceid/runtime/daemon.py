@@ -1,32 +1,56 @@
 """``voiceid run``: the always-on daemon.
 
 Start-up: config → model loaded → profiles indexed → every batch bucket warmed →
-sources opened → *ready* (logged, ``on_ready`` called: sd_notify READY=1 plugs in here).
-Tasks are supervised in one ``asyncio.TaskGroup``: if a source dies, the daemon stops
-with an error instead of limping on. SIGTERM/SIGINT: sources close (their streams
-publish their last events), the engine drains, sinks flush, exit 0.
+sources opened → *ready*: logged, ``READY=1`` sent to systemd (``Type=notify``; a no-op
+outside systemd), ``on_ready`` called. Tasks are supervised in one ``asyncio.TaskGroup``:
+if a source dies, the daemon stops with an error instead of limping on.
+
+Signals: SIGTERM/SIGINT → ``STOPPING=1``; sources close (their streams publish their
+last events), the engine drains, sinks flush, exit 0. SIGHUP (``systemctl reload``) →
+``RELOADING=1``; profiles are re-read from the store (a new index swapped into the hub),
+and the reloadable parts of the config file (``decision``: thresholds and smoothing for
+streams opened from now on; ``log.level``) are applied; open streams are untouched;
+then ``READY=1``. A reload that fails keeps everything as it was.
+
+Watchdog: with ``WatchdogSec=`` set, ``WATCHDOG=1`` is sent from the event loop every
+half period while the pipeline is healthy: the loop runs (the ping is a loop task) and
+the inference engine makes progress (windows queued but no batch finished for
+``stall_s`` means a stuck worker: pings stop and systemd restarts the service).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import inspect
 import logging
 import signal
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
+from voiceid import __version__
 from voiceid.app import App
-from voiceid.config import Settings
-from voiceid.errors import ConfigError
+from voiceid.config import Settings, load_settings
+from voiceid.errors import ConfigError, VoiceidError
+from voiceid.runtime import metrics, notify
 from voiceid.runtime.hub import EngineConfig, Hub
 from voiceid.sinks.stdout import write_events
 from voiceid.stream.decide import DecisionConfig
+from voiceid.stream.engine import EngineStats
 from voiceid.stream.pipeline import Scorer, StreamConfig
 from voiceid.stream.scheduler import SchedulerConfig
 from voiceid.stream.vad import VadConfig
 
 log = logging.getLogger(__name__)
+
+ENGINE_STALL_S = 30.0  # windows queued and no batch finished for this long: unhealthy
+STATUS_INTERVAL_S = 10.0  # refresh systemd's STATUS= line at most this often
+COUNTER_QUEUE = 8192  # events buffered for the metrics counter (it never awaits)
+RELOADABLE = ("decision", "log")  # config sections a SIGHUP applies
 
 
 def stream_config(settings: Settings, threshold: float) -> StreamConfig:
@@ -59,127 +83,377 @@ def engine_config(settings: Settings) -> EngineConfig:
     return EngineConfig(e.max_batch, e.max_wait_ms, e.max_pending, e.batch_buckets)
 
 
+def register_local_models(settings: Settings) -> None:
+    """Make the ``models:`` of the config known to the registry (idempotent)."""
+    from voiceid.frontend.base import FrontEndSpec
+    from voiceid.models import registry
+    from voiceid.models.card import ModelCard
+
+    for name, m in settings.models.items():
+        card = ModelCard(
+            name=name,
+            description=m.description,
+            dim=m.dim,
+            frontend=FrontEndSpec(kind=m.frontend, num_bins=m.num_bins, cmn=m.cmn),
+            input_name=m.input_name,
+            output_name=m.output_name,
+            source="local",
+            filename=Path(m.path).name,
+            threshold=m.threshold,
+        )
+        registry.register_local(card, Path(m.path).expanduser())
+
+
+def threshold_of(settings: Settings, app: App) -> float:
+    """Enter threshold: cosine from config, else stored per model, else the card;
+    AS-norm: the config's z-score (required by validation)."""
+    d = settings.decision
+    if d.score_norm == "asnorm" and d.threshold is not None:
+        return d.threshold
+    return app.stream_threshold(d.threshold)
+
+
+def build_scorer(settings: Settings, app: App) -> tuple[Scorer, int]:
+    """The profiles of the store as a scorer (AS-norm when configured) and their count.
+
+    Blocking (reads the store and the cohort file): call it in a thread.
+    """
+    index = app.index()
+    for foreign in index.foreign:
+        log.warning(
+            "profile %r was enrolled with model %s: ignored (re-enroll it)",
+            foreign.name,
+            foreign.model_name,
+        )
+    d = settings.decision
+    if d.score_norm != "asnorm":
+        return index, len(index)
+    from voiceid.profiles.asnorm import ASNormScorer, load_cohort
+
+    if d.cohort is None:
+        raise ConfigError(
+            "decision.score_norm: asnorm needs decision.cohort",
+            hint="build one with `voiceid cohort build DIR`",
+        )
+    cohort = load_cohort(d.cohort, app.fingerprint)
+    return ASNormScorer(index, cohort, top_n=d.cohort_top_n), len(index)
+
+
+@dataclass
+class EngineWatch:
+    """Is the inference engine making progress? (the watchdog's view of the pipeline)"""
+
+    stall_s: float = ENGINE_STALL_S
+    _done: int = -1
+    _since: float | None = None  # when windows were first seen waiting without progress
+
+    def check(self, stats: EngineStats, now: float) -> str | None:
+        """None when healthy, else why not."""
+        done = stats.batches
+        if stats.pending == 0:
+            self._done, self._since = done, None
+            return None
+        if done != self._done or self._since is None:
+            self._done, self._since = done, now
+            return None
+        stuck = now - self._since
+        if stuck >= self.stall_s:
+            return (
+                f"inference engine stuck: {stats.pending} windows queued, "
+                f"no batch finished for {stuck:.0f} s"
+            )
+        return None
+
+
 @dataclass
 class Daemon:
-    """One daemon instance; ``await run()`` until ``stop()`` (or a signal)."""
+    """One daemon instance; ``await run()`` until ``stop()`` (or a signal).
+
+    ``config_path``: the file ``settings`` came from, re-read on reload (None: a reload
+    only re-reads the profiles).
+    """
 
     settings: Settings
     on_ready: Callable[[Daemon], None] | None = None
+    config_path: Path | None = None
+    stall_s: float = ENGINE_STALL_S
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     app: App | None = None
     hub: Hub | None = None
     ports: dict[str, int] = field(default_factory=dict)  # bound ports by source
+    websocket_stats: Any = None  # WebSocketStats once the server runs
+    mic_queues: dict[str, Any] = field(default_factory=dict)  # stream -> BlockQueue
+    ready: bool = False
+    reloads: int = 0  # successful reloads
+    _reload: asyncio.Event = field(default_factory=asyncio.Event)
+    _profiles: int = 0
+    _status: str = ""
 
+    # -- control (signal handlers call these; loop thread) ---------------------------------
     def stop(self) -> None:
+        if not self.stopping.is_set():
+            notify.stopping("stopping")
         self.stopping.set()
 
+    def request_reload(self) -> None:
+        """SIGHUP: reload as soon as the daemon is ready (requests coalesce)."""
+        self._reload.set()
+
+    # -- lifecycle ------------------------------------------------------------------------
     async def run(self) -> None:
         cfg = self.settings
-        self.app = app = await asyncio.to_thread(
-            App.open,
-            cfg.model.name,
-            db=cfg.db,
-            device=cfg.model.device,
-            threads=cfg.model.threads,
-            sha256=cfg.model.sha256,
-            fetch=cfg.model.fetch,
-        )
+        register_local_models(cfg)
+        notify.status("loading model")
         try:
-            await self._serve(app)
+            self.app = app = await asyncio.to_thread(
+                App.open,
+                cfg.model.name,
+                db=cfg.db,
+                device=cfg.model.device,
+                threads=cfg.model.threads,
+                sha256=cfg.model.sha256,
+                fetch=cfg.model.fetch,
+            )
+            try:
+                await self._serve(app)
+            except BaseExceptionGroup as group:  # TaskGroup: report the cause, not a tree
+                raise first_error(group) from group
+            finally:
+                app.close()
         finally:
-            app.close()
+            if not self.stopping.is_set():  # a failure, not a signal
+                notify.stopping("stopping after an error")
 
     async def _serve(self, app: App) -> None:
         cfg = self.settings
-        # cosine: config, else stored per model, else the card; AS-norm: config (required)
-        threshold = (
-            cfg.decision.threshold
-            if cfg.decision.score_norm == "asnorm" and cfg.decision.threshold is not None
-            else app.stream_threshold(cfg.decision.threshold)
-        )
-        index = app.index()
-        for foreign in index.foreign:
-            log.warning(
-                "profile %r was enrolled with model %s: ignored (re-enroll it)",
-                foreign.name,
-                foreign.model_name,
-            )
-        scorer: Scorer = index
-        if cfg.decision.score_norm == "asnorm":
-            from voiceid.profiles.asnorm import ASNormScorer, load_cohort
-
-            if cfg.decision.cohort is None:
-                raise ConfigError(
-                    "decision.score_norm: asnorm needs decision.cohort",
-                    hint="build one with `voiceid cohort build DIR`",
-                )
-            cohort = load_cohort(cfg.decision.cohort, app.fingerprint)
-            scorer = ASNormScorer(index, cohort, top_n=cfg.decision.cohort_top_n)
+        threshold = threshold_of(cfg, app)
+        scorer, self._profiles = await asyncio.to_thread(build_scorer, cfg, app)
+        embedder = metrics.MeteredEmbedder(app.embedder)
         self.hub = hub = Hub(
-            app.embedder,
+            embedder,
             scorer,
             stream_config(cfg, threshold),
             engine_config(cfg),
             max_streams=cfg.websocket.max_streams,
         )
+        notify.status("warming up")
         await hub.start()
+        embedder.active = True
+        provider = app.embedder.model.provider
         log.info(
             "model %s on %s, %d profiles, threshold %.3f, warmed up",
             app.model_name,
-            app.embedder.model.provider,
-            len(index),
+            provider,
+            self._profiles,
             threshold,
         )
         sink_task: asyncio.Task[int] | None = None
         if cfg.stdout_events:
             sink_task = asyncio.create_task(write_events(hub.bus.subscribe(maxsize=4096)))
+        counter = asyncio.create_task(
+            metrics.count_identifications(hub.bus.subscribe(maxsize=COUNTER_QUEUE))
+        )
+        attachment: metrics.Attachment | None = None
         try:
             async with asyncio.TaskGroup() as tg:
                 sources = await self._start_sources(tg, hub)
-                log.info(
-                    "ready: %s",
-                    ", ".join(f"{k}:{v}" for k, v in self.ports.items()) or "no network sources",
+                attachment = metrics.attach(
+                    hub,
+                    websocket=self.websocket_stats,
+                    mqtt=self._mqtt_stats(),
+                    mics=self.mic_queues,
+                    version=__version__,
+                    provider=provider,
                 )
+                where = ", ".join(f"{k}:{v}" for k, v in self.ports.items())
+                log.info("ready: %s", where or "no network sources")
+                self.ready = True
+                notify.ready(self._status_line())
                 if self.on_ready:
                     self.on_ready(self)
+                helpers = [
+                    tg.create_task(self._watchdog(hub)),
+                    tg.create_task(self._reloader(app, hub)),
+                ]
                 stop_wait = tg.create_task(self.stopping.wait())
                 await asyncio.wait([stop_wait, *sources], return_when=asyncio.FIRST_COMPLETED)
-                for task in sources:
+                if not self.stopping.is_set():
+                    notify.stopping("a source ended")
+                for task in [*sources, *helpers, stop_wait]:
                     task.cancel()
-                stop_wait.cancel()
         finally:
+            self.ready = False
             await hub.close()  # closes remaining streams (final events) and the bus
-            if sink_task is not None:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await asyncio.wait_for(sink_task, timeout=5)
+            for drain in (sink_task, counter):
+                if drain is not None:
+                    await _finish(drain, timeout=5)
+            if attachment is not None:
+                attachment.detach()
         log.info("stopped")
+
+    def _mqtt_stats(self) -> Any:
+        if not self.settings.mqtt.enabled:
+            return None
+        from voiceid.sinks.mqtt import STATS
+
+        return STATS
 
     async def _start_sources(self, tg: asyncio.TaskGroup, hub: Hub) -> list[asyncio.Task[None]]:
         cfg = self.settings
         tasks: list[asyncio.Task[None]] = []
         if cfg.websocket.enabled:
-            from voiceid.sources.websocket import serve_websocket
+            from voiceid.sources.websocket import WebSocketStats, serve_websocket
 
+            self.websocket_stats = stats = WebSocketStats()
             started: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-            tasks.append(tg.create_task(serve_websocket(hub, cfg.websocket, started=started)))
-            self.ports["websocket"] = await started
+            tasks.append(
+                tg.create_task(serve_websocket(hub, cfg.websocket, started=started, stats=stats))
+            )
+            self.ports["websocket"] = await _listening("websocket", cfg.websocket, started)
         if cfg.http.enabled:
             from voiceid.http.server import serve_http
 
             http_started: asyncio.Future[int] = asyncio.get_running_loop().create_future()
             tasks.append(tg.create_task(serve_http(self, cfg.http, started=http_started)))
-            self.ports["http"] = await http_started
+            self.ports["http"] = await _listening("http", cfg.http, http_started)
         if cfg.mqtt.enabled:
             from voiceid.sinks.mqtt import run_mqtt
 
             tasks.append(tg.create_task(run_mqtt(hub, cfg.mqtt)))
         for mic in cfg.mics:
-            from voiceid.sources.mic import run_microphone
+            from voiceid.sources.mic import BlockQueue, run_microphone
 
             opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            tasks.append(tg.create_task(run_microphone(hub, mic, opened=opened)))
+            extra: dict[str, Any] = {}
+            if "queue" in inspect.signature(run_microphone).parameters:  # overflow metric
+                extra["queue"] = self.mic_queues[mic.name] = BlockQueue(mic.queue_blocks)
+            tasks.append(tg.create_task(run_microphone(hub, mic, opened=opened, **extra)))
             await opened
         return tasks
+
+    # -- watchdog and status --------------------------------------------------------------
+    def _status_line(self) -> str:
+        hub = self.hub
+        streams = len(hub.streams) if hub else 0
+        profiles = len(hub.scorer.names) if hub else self._profiles  # the API may enroll
+        ports = " ".join(f"{k}:{v}" for k, v in self.ports.items())
+        return f"ready: {profiles} profiles, {streams} streams" + (f"; {ports}" if ports else "")
+
+    async def _watchdog(self, hub: Hub) -> None:
+        """Ping systemd while healthy; keep STATUS= current."""
+        interval = notify.watchdog_interval()
+        period = min(interval, STATUS_INTERVAL_S) if interval else STATUS_INTERVAL_S
+        watch = EngineWatch(self.stall_s)
+        unhealthy: str | None = None
+        last_status = 0.0
+        loop = asyncio.get_running_loop()
+        while True:
+            now = loop.time()
+            problem = watch.check(hub.engine.stats(), time.monotonic())
+            if problem != unhealthy:
+                if problem:
+                    log.error("%s: not pinging the watchdog", problem)
+                    notify.status(problem)
+                else:
+                    log.info("pipeline healthy again")
+                unhealthy = problem
+            if problem is None:
+                if interval:
+                    notify.watchdog()
+                status = self._status_line()
+                if status != self._status or now - last_status >= STATUS_INTERVAL_S:
+                    self._status, last_status = status, now
+                    notify.status(status)
+            await asyncio.sleep(period)
+
+    # -- reload ---------------------------------------------------------------------------
+    async def _reloader(self, app: App, hub: Hub) -> None:
+        while True:
+            await self._reload.wait()
+            self._reload.clear()
+            await self.reload(app, hub)
+
+    async def reload(self, app: App, hub: Hub) -> bool:
+        """Re-read profiles and the reloadable config; streams stay open. True on success."""
+        notify.reloading("reloading")
+        log.info("reload requested")
+        try:
+            new = await asyncio.to_thread(self._reread_settings)
+            threshold = await asyncio.to_thread(threshold_of, new, app)
+            scorer, profiles = await asyncio.to_thread(build_scorer, new, app)
+        except VoiceidError as exc:
+            log.error("reload failed, keeping the running configuration: %s", exc)
+            notify.ready(f"reload failed: {exc}".splitlines()[0])
+            return False
+        hub.set_scorer(scorer)
+        hub.stream_config = stream_config(new, threshold)  # streams opened from now on
+        logging.getLogger().setLevel(new.log.level)
+        self.settings, self._profiles = new, profiles
+        self.reloads += 1
+        self._status = self._status_line()
+        log.info("reloaded: %d profiles, threshold %.3f for new streams", profiles, threshold)
+        notify.ready(self._status)
+        return True
+
+    def _reread_settings(self) -> Settings:
+        """The running settings with the reloadable sections of the file applied."""
+        old = self.settings
+        if self.config_path is None:
+            return old
+        fresh = load_settings(self.config_path)
+        changed = [
+            name
+            for name in Settings.model_fields
+            if name not in RELOADABLE and getattr(fresh, name) != getattr(old, name)
+        ]
+        if changed and changed != ["db"]:  # db may come from --db
+            log.warning(
+                "config changes in %s need a restart (systemctl restart voiceid); applied now: %s",
+                ", ".join(c for c in changed if c != "db"),
+                ", ".join(RELOADABLE),
+            )
+        if fresh.log.json_format != old.log.json_format:
+            log.warning("log.json needs a restart")
+        update: Mapping[str, Any] = {
+            "decision": fresh.decision,
+            "log": old.log.model_copy(update={"level": fresh.log.level}),
+        }
+        return old.model_copy(update=dict(update))
+
+
+async def _listening(name: str, section: Any, started: asyncio.Future[int]) -> int:
+    """The bound port; a bind failure becomes a one-line error (exit 1: restartable)."""
+    try:
+        return await started
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        if exc.errno == errno.EADDRINUSE:
+            reason = "address already in use"
+        raise VoiceidError(
+            f"{name}: cannot listen on {section.host}:{section.port}: {reason}",
+            hint=f"is voiceid already running? else change {name}.port",
+        ) from None
+
+
+def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The exception that explains a failed TaskGroup: a VoiceidError if there is one."""
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        elif not isinstance(exc, asyncio.CancelledError):
+            leaves.append(exc)
+
+    walk(group)
+    return next((e for e in leaves if isinstance(e, VoiceidError)), leaves[0] if leaves else group)
+
+
+async def _finish(task: asyncio.Task[int], timeout: float) -> None:
+    """Let a sink drain its subscription (the bus is closed), at most ``timeout``."""
+    with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+        await asyncio.wait_for(task, timeout=timeout)
 
 
 def install_signal_handlers(daemon: Daemon) -> None:
@@ -187,19 +461,33 @@ def install_signal_handlers(daemon: Daemon) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, daemon.stop)
+    with contextlib.suppress(NotImplementedError, RuntimeError, AttributeError):
+        loop.add_signal_handler(signal.SIGHUP, daemon.request_reload)
 
 
-async def _main(settings: Settings, on_ready: Callable[[Daemon], None] | None) -> None:
-    daemon = Daemon(settings, on_ready=on_ready)
+async def _main(
+    settings: Settings,
+    on_ready: Callable[[Daemon], None] | None,
+    config_path: Path | None,
+) -> None:
+    daemon = Daemon(settings, on_ready=on_ready, config_path=config_path)
     install_signal_handlers(daemon)
     await daemon.run()
 
 
-def run_daemon(settings: Settings, on_ready: Callable[[Daemon], None] | None = None) -> None:
-    """Run on uvloop when available (the asyncio default loop otherwise)."""
+def run_daemon(
+    settings: Settings,
+    on_ready: Callable[[Daemon], None] | None = None,
+    *,
+    config_path: Path | None = None,
+) -> None:
+    """Run on uvloop when available (the asyncio default loop otherwise).
+
+    ``config_path``: the config file, re-read on SIGHUP (None: SIGHUP reloads profiles only).
+    """
     try:
         import uvloop
     except ImportError:  # e.g. Windows
-        asyncio.run(_main(settings, on_ready))
+        asyncio.run(_main(settings, on_ready, config_path))
         return
-    uvloop.run(_main(settings, on_ready))
+    uvloop.run(_main(settings, on_ready, config_path))
