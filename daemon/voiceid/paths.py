@@ -17,9 +17,15 @@ def home() -> Path | None:
 
 
 def cache_dir() -> Path:
-    """Model cache: ``$VOICEID_HOME/models`` or ``$XDG_CACHE_HOME/voiceid/models``."""
+    """Model cache: ``$VOICEID_HOME/models``, ``$CACHE_DIRECTORY/models`` (systemd) or
+    ``$XDG_CACHE_HOME/voiceid/models``."""
     root = home()
-    return root / "models" if root else _xdg("XDG_CACHE_HOME", ".cache") / "voiceid" / "models"
+    if root:
+        return root / "models"
+    systemd = os.environ.get("CACHE_DIRECTORY")  # CacheDirectory= (DynamicUser has no home)
+    if systemd:
+        return Path(systemd.split(":")[0]) / "models"
+    return _xdg("XDG_CACHE_HOME", ".cache") / "voiceid" / "models"
 
 
 def state_dir() -> Path:

@@ -66,7 +66,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         from voiceid.runtime.logs import use_json_logs
 
         use_json_logs()
-    run_daemon(settings)
+    run_daemon(settings, config_path=args.config)
     return 0
 
 

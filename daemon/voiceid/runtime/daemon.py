@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import inspect
 import logging
 import signal
 import time
@@ -247,12 +246,19 @@ class Daemon:
             self._profiles,
             threshold,
         )
+        mqtt_sink = None
+        if cfg.mqtt.enabled:
+            from voiceid.sinks.mqtt import MqttSink
+
+            mqtt_sink = MqttSink(hub, cfg.mqtt)  # a bad password/TLS file fails here: exit 2
         sink_task: asyncio.Task[int] | None = None
         if cfg.stdout_events:
             sink_task = asyncio.create_task(write_events(hub.bus.subscribe(maxsize=4096)))
         counter = asyncio.create_task(
             metrics.count_identifications(hub.bus.subscribe(maxsize=COUNTER_QUEUE))
         )
+        # MQTT lives until the bus closes: the streams' last events and `offline` go out
+        mqtt_task = asyncio.create_task(mqtt_sink.run()) if mqtt_sink is not None else None
         attachment: metrics.Attachment | None = None
         try:
             async with asyncio.TaskGroup() as tg:
@@ -284,9 +290,9 @@ class Daemon:
         finally:
             self.ready = False
             await hub.close()  # closes remaining streams (final events) and the bus
-            for drain in (sink_task, counter):
+            for drain in (sink_task, counter, mqtt_task):
                 if drain is not None:
-                    await _finish(drain, timeout=5)
+                    await _finish(drain, timeout=10 if drain is mqtt_task else 5)
             if attachment is not None:
                 attachment.detach()
         log.info("stopped")
@@ -316,18 +322,12 @@ class Daemon:
             http_started: asyncio.Future[int] = asyncio.get_running_loop().create_future()
             tasks.append(tg.create_task(serve_http(self, cfg.http, started=http_started)))
             self.ports["http"] = await _listening("http", cfg.http, http_started)
-        if cfg.mqtt.enabled:
-            from voiceid.sinks.mqtt import run_mqtt
-
-            tasks.append(tg.create_task(run_mqtt(hub, cfg.mqtt)))
         for mic in cfg.mics:
             from voiceid.sources.mic import BlockQueue, run_microphone
 
             opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            extra: dict[str, Any] = {}
-            if "queue" in inspect.signature(run_microphone).parameters:  # overflow metric
-                extra["queue"] = self.mic_queues[mic.name] = BlockQueue(mic.queue_blocks)
-            tasks.append(tg.create_task(run_microphone(hub, mic, opened=opened, **extra)))
+            queue = self.mic_queues[mic.name] = BlockQueue(mic.queue_blocks)  # overflow metric
+            tasks.append(tg.create_task(run_microphone(hub, mic, opened=opened, queue=queue)))
             await opened
         return tasks
 
@@ -450,7 +450,7 @@ def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return next((e for e in leaves if isinstance(e, VoiceidError)), leaves[0] if leaves else group)
 
 
-async def _finish(task: asyncio.Task[int], timeout: float) -> None:
+async def _finish(task: asyncio.Task[Any], timeout: float) -> None:
     """Let a sink drain its subscription (the bus is closed), at most ``timeout``."""
     with contextlib.suppress(asyncio.CancelledError, TimeoutError):
         await asyncio.wait_for(task, timeout=timeout)

@@ -180,13 +180,20 @@ class Hub:
         core = StreamCore(name, make_frontend(self.embedder.card.frontend), self.stream_config)
         stream = LiveStream(self, name, core, decoder)
         self.streams[name] = stream
-        log.info("stream %s opened (%s Hz, %s, %d ch)", name, sample_rate, encoding, channels)
+        log.info(
+            "stream %s opened (%s Hz, %s, %d ch)",
+            name,
+            sample_rate,
+            encoding,
+            channels,
+            extra={"stream": name},
+        )
         return stream
 
     def _forget(self, stream: LiveStream) -> None:
         if self.streams.get(stream.name) is stream:
             del self.streams[stream.name]
-            log.info("stream %s closed", stream.name)
+            log.info("stream %s closed", stream.name, extra={"stream": stream.name})
 
     def set_enabled(self, name: str, enabled: bool) -> None:
         """Pause (``False``) or resume identification of stream ``name`` (open or future).

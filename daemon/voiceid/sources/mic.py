@@ -103,13 +103,14 @@ async def run_microphone(
     *,
     opened: asyncio.Future[None] | None = None,
     stream_factory: Any = None,
+    queue: BlockQueue | None = None,
 ) -> None:
     """Capture ``cfg.device`` into a live stream named ``cfg.name`` until cancelled.
 
     ``stream_factory`` replaces ``sounddevice.InputStream`` (tests, other backends).
     """
     loop = asyncio.get_running_loop()
-    queue = BlockQueue(cfg.queue_blocks)
+    queue = queue if queue is not None else BlockQueue(cfg.queue_blocks)
     factory = stream_factory or import_sounddevice().InputStream
 
     def callback(indata: NDArray[np.float32], frames: int, time: Any, status: Any) -> None:
