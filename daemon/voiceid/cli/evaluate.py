@@ -532,18 +532,15 @@ def _streaming(
     scorer: Scorer = index
     if args.threshold is not None:
         threshold = float(args.threshold)
-    elif cohort is None:
-        threshold = embedder.card.threshold
+    elif cohort is None:  # what the daemon uses: the window-level threshold of the card
+        card_ = embedder.card
+        threshold = (
+            card_.stream_threshold if card_.stream_threshold is not None else card_.threshold
+        )
     else:
         threshold = far_threshold
     if cohort is not None:
         scorer = ASNormScorer(index, cohort.embeddings, top_n=args.cohort_top_n)
-        if not -1.0 <= threshold <= 1.0:
-            raise ConfigError(
-                f"--streaming with --norm asnorm: the AS-norm threshold {threshold:.3f} is "
-                "outside the stream decider's range [-1, 1] (it expects cosines)",
-                hint="stream without --norm, or pass --threshold in [-1, 1]",
-            )
     settings = load_settings(args.config)
     config = stream_config(settings, threshold)
     cases = [StreamCase(t.path, t.speaker if t.speaker in enrolled else None) for t in trials.tests]
