@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(python3-venv libportaudio2 libsndfile1 mosquitto systemd)
+APT_PACKAGES=(python3-venv libportaudio2 libsndfile1 mosquitto systemd chromium chromium-driver)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
