@@ -138,6 +138,37 @@ class MqttSection(_Section):
     commands: bool = True  # accept <prefix>/<stream>/enabled/set ON|OFF
 
 
+class TokenEntry(_Section):
+    """One API token, stored hashed: ``voiceid token new NAME --scope stream`` prints both."""
+
+    name: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")  # sha256 hex of the token
+    scopes: list[Literal["stream", "enroll", "admin"]] = ["stream"]
+
+
+class AuthSection(_Section):
+    # tokens required on WebSocket, REST and the web page. With no tokens configured the
+    # daemon serves loopback only (and says so loudly); binding elsewhere needs tokens.
+    tokens: list[TokenEntry] = []
+    allowed_origins: list[str] = []  # extra browser origins besides the daemon's own
+    verify_lockout_after: int = Field(default=5, ge=1)  # failed verifications of one name
+    verify_lockout_base_s: float = Field(default=1.0, gt=0)  # delay doubles per failure after
+    verify_lockout_max_s: float = Field(default=300.0, gt=0)
+
+
+class TlsSection(_Section):
+    cert_file: Path | None = None  # PEM; with key_file: wss:// and https://
+    key_file: Path | None = None
+
+
+class SecuritySection(_Section):
+    # AES-GCM key for profiles at rest (32 bytes: raw, hex or base64 in the file); never
+    # stored in the DB. None: profiles are stored in clear (a warning at start)
+    profile_key_file: Path | None = None
+    profile_key_credential: str | None = None  # systemd LoadCredential= name
+    http_rate_per_min: int = Field(default=600, ge=1)  # REST requests per client address
+
+
 class LogSection(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     json_format: bool = Field(default=False, alias="json")
@@ -163,6 +194,9 @@ class Settings(BaseSettings):
     mics: list[MicSection] = []
     mqtt: MqttSection = MqttSection()
     http: HttpSection = HttpSection()
+    auth: AuthSection = AuthSection()
+    tls: TlsSection = TlsSection()
+    security: SecuritySection = SecuritySection()
     stdout_events: bool = True  # JSON lines of every event on stdout
     log: LogSection = LogSection()
 
