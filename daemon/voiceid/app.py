@@ -7,6 +7,7 @@ from pathlib import Path
 
 from voiceid.models.embedder import Embedder
 from voiceid.models.inference import Device
+from voiceid.models.registry import Precision
 from voiceid.profiles.index import ProfileIndex
 from voiceid.profiles.store import ProfileStore
 
@@ -26,11 +27,17 @@ class App:
         threads: int | None = None,
         sha256: str | None = None,
         fetch: bool = True,
+        precision: Precision = "fp32",
     ) -> App:
         store = ProfileStore.open(db)
         try:
             embedder = Embedder.load(
-                model, device=device, threads=threads, fetch=fetch, sha256=sha256
+                model,
+                device=device,
+                threads=threads,
+                fetch=fetch,
+                sha256=sha256,
+                precision=precision,
             )
         except BaseException:
             store.close()

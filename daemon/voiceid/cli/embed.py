@@ -19,10 +19,18 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"model name (default {DEFAULT_MODEL})")
     p.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
     p.add_argument("--threads", type=int, default=None, help="CPU threads per inference")
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "int8"],
+        default="fp32",
+        help="int8: the quantized variant (voiceid models quantize)",
+    )
 
 
 def load_embedder(args: argparse.Namespace) -> Embedder:
-    return Embedder.load(args.model, device=args.device, threads=args.threads)
+    return Embedder.load(
+        args.model, device=args.device, threads=args.threads, precision=args.precision
+    )
 
 
 def register(sub: Any) -> None:

@@ -53,8 +53,9 @@ class Embedder:
         threads: int | None = None,
         fetch: bool = True,
         sha256: str | None = None,
+        precision: registry.Precision = "fp32",
     ) -> Embedder:
-        resolved = registry.resolve(name, fetch=fetch, sha256=sha256)
+        resolved = registry.resolve(name, fetch=fetch, sha256=sha256, precision=precision)
         model = EmbeddingModel(resolved.path, resolved.card, device=device, intra_threads=threads)
         return cls(model, resolved.fingerprint)
 

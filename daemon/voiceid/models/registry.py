@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from voiceid import paths
 from voiceid.errors import ModelError
@@ -77,21 +78,35 @@ BUILTIN: dict[str, ModelCard] = {
 DEFAULT_MODEL = "wespeaker-resnet34-lm"
 
 
+Precision = Literal["fp32", "int8"]
+
+
 @dataclass(frozen=True)
 class ResolvedModel:
-    """A card together with the ONNX file on disk."""
+    """A card together with the ONNX file on disk (``precision``: which variant of it)."""
 
     card: ModelCard
     path: Path
+    precision: Precision = "fp32"
 
     @property
     def fingerprint(self) -> str:
-        """Card fingerprint; models without a pinned hash are identified by their file's hash."""
-        if self.card.sha256:
-            return self.card.fingerprint()
+        """Card fingerprint; models without a pinned hash are identified by their file's hash.
+
+        A quantized variant is another embedding space (close, not equal): its own print.
+        """
         from voiceid.models.download import sha256_file
 
+        if self.precision != "fp32":
+            return self.card.fingerprint(f"{sha256_file(self.path)}+{self.precision}")
+        if self.card.sha256:
+            return self.card.fingerprint()
         return self.card.fingerprint(sha256_file(self.path))
+
+
+def variant_path(path: Path, precision: Precision) -> Path:
+    """Where the ``precision`` variant of the model file at ``path`` is kept."""
+    return path if precision == "fp32" else path.with_name(f"{path.stem}.{precision}.onnx")
 
 
 _LOCAL: dict[str, tuple[ModelCard, Path]] = {}
@@ -136,12 +151,23 @@ def resolve(
     fetch: bool = False,
     cache: Path | None = None,
     sha256: str | None = None,
+    precision: Precision = "fp32",
 ) -> ResolvedModel:
     """Return the model's card and file; obtain the file first when ``fetch``.
 
     ``sha256`` pins another build of a downloaded model (the fingerprint follows it).
     Without ``fetch`` a missing file is a ``ModelError`` that says how to get it.
+    ``precision`` "int8": the quantized variant made by ``voiceid models quantize``.
     """
+    if precision != "fp32":
+        base = resolve(name, fetch=fetch, cache=cache, sha256=sha256)
+        quantized = variant_path(base.path, precision)
+        if not quantized.is_file():
+            raise ModelError(
+                f"no {precision} variant of {name!r} ({quantized})",
+                hint=f"make it: voiceid models quantize {name} --calibration SPEECH_DIR",
+            )
+        return ResolvedModel(base.card, quantized, precision)
     c = card(name)
     if sha256:
         c = c.model_copy(update={"sha256": sha256.lower()})

@@ -212,6 +212,7 @@ class Daemon:
                 threads=cfg.model.threads,
                 sha256=cfg.model.sha256,
                 fetch=cfg.model.fetch,
+                precision=cfg.model.precision,
             )
             try:
                 await self._serve(app)
