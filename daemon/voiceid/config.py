@@ -10,7 +10,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from voiceid.errors import ConfigError
@@ -172,6 +180,69 @@ class SecuritySection(_Section):
     http_rate_per_min: int = Field(default=600, ge=1)  # REST requests per client address
 
 
+def _wyoming_uri(cls: type[BaseModel], value: str, info: ValidationInfo) -> str:
+    """A ``tcp://HOST:PORT`` Wyoming URI (the message says what is wrong)."""
+    from voiceid.sources.wyoming_mic import parse_tcp_uri  # lazy: it pulls in numpy
+
+    try:
+        parse_tcp_uri(value, info.field_name or "uri")
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
+    return value.strip()
+
+
+class WyomingMicSection(_Section):
+    """A Wyoming mic program to identify from (docs/home-assistant.md)."""
+
+    uri: str  # tcp://HOST:PORT of the mic program
+    name: str = Field(default="wyoming_mic", pattern=r"^[A-Za-z0-9_.-]{1,64}$")  # stream name
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    idle_timeout_s: float = Field(default=30.0, gt=0)  # no audio this long while streaming
+    reconnect_min_s: float = Field(default=1.0, gt=0)  # backoff min * 2^n, jittered ...
+    reconnect_max_s: float = Field(default=30.0, gt=0)  # ... capped here
+    max_event_bytes: int = Field(default=1 << 20, ge=4096)  # one Wyoming event
+
+    _uri = field_validator("uri")(_wyoming_uri)
+
+
+class WyomingAsrSection(_Section):
+    """The speaker-tagging Wyoming ASR proxy (docs/home-assistant.md)."""
+
+    enabled: bool = False
+    uri: str = "tcp://127.0.0.1:10310"  # where voiceid listens
+    upstream: str = "tcp://127.0.0.1:10300"  # the real Wyoming ASR
+    stream: str = Field(default="wyoming_asr", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    prefix_format: str = "[{name}] "  # "": enrolled speakers' transcripts unchanged
+    reject_unknown: bool = False  # True: empty transcript unless an enrolled speaker
+    threshold: float | None = Field(default=None, ge=-1, le=1)  # None: the app's
+    top_k: int = Field(default=3, ge=1, le=100)
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    transcribe_timeout_s: float = Field(default=30.0, gt=0)
+    describe_timeout_s: float = Field(default=0.8, gt=0)  # Home Assistant waits 1 s
+    max_utterance_s: float = Field(default=30.0, gt=0)
+    max_connections: int = Field(default=16, ge=1)
+    max_event_bytes: int = Field(default=1 << 20, ge=4096)
+    fallback_languages: list[str] = ["en"]
+
+    _uris = field_validator("uri", "upstream")(_wyoming_uri)
+
+    @field_validator("prefix_format")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        try:
+            value.format(name="alice")
+        except (KeyError, IndexError, ValueError, AttributeError) as exc:
+            raise ValueError(
+                f"not a valid format ({exc}); the only placeholder is {{name}}"
+            ) from None
+        return value
+
+
+class WyomingSection(_Section):
+    mics: list[WyomingMicSection] = []
+    asr: WyomingAsrSection = WyomingAsrSection()
+
+
 class LogSection(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     json_format: bool = Field(default=False, alias="json")
@@ -196,6 +267,7 @@ class Settings(BaseSettings):
     websocket: WebSocketSection = WebSocketSection()
     mics: list[MicSection] = []
     mqtt: MqttSection = MqttSection()
+    wyoming: WyomingSection = WyomingSection()
     http: HttpSection = HttpSection()
     auth: AuthSection = AuthSection()
     tls: TlsSection = TlsSection()

@@ -182,6 +182,8 @@ class Daemon:
     ports: dict[str, int] = field(default_factory=dict)  # bound ports by source
     websocket_stats: Any = None  # WebSocketStats once the server runs
     mic_queues: dict[str, Any] = field(default_factory=dict)  # stream -> BlockQueue
+    wyoming_mic_stats: dict[str, Any] = field(default_factory=dict)  # stream -> WyomingMicStats
+    wyoming_asr_stats: Any = None  # WyomingAsrStats once the proxy runs
     ready: bool = False
     reloads: int = 0  # successful reloads
     _reload: asyncio.Event = field(default_factory=asyncio.Event)
@@ -330,6 +332,39 @@ class Daemon:
             queue = self.mic_queues[mic.name] = BlockQueue(mic.queue_blocks)  # overflow metric
             tasks.append(tg.create_task(run_microphone(hub, mic, opened=opened, queue=queue)))
             await opened
+        for wmic in cfg.wyoming.mics:
+            from voiceid.sources.wyoming_mic import (
+                WyomingMicConfig,
+                WyomingMicStats,
+                run_wyoming_mic,
+            )
+
+            wmic_cfg = WyomingMicConfig(**wmic.model_dump())  # a bad URI: ConfigError, exit 2
+            wstats = self.wyoming_mic_stats[wmic.name] = WyomingMicStats()
+            tasks.append(tg.create_task(run_wyoming_mic(hub, wmic_cfg, stats=wstats)))
+        if cfg.wyoming.asr.enabled:
+            from voiceid.sources.wyoming_asr import (
+                WyomingAsrConfig,
+                WyomingAsrStats,
+                serve_wyoming_asr,
+            )
+
+            asr_cfg = WyomingAsrConfig(**cfg.wyoming.asr.model_dump())
+            self.wyoming_asr_stats = asr_stats = WyomingAsrStats()
+            asr_started: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+            app = self.app
+            tasks.append(
+                tg.create_task(
+                    serve_wyoming_asr(
+                        hub,
+                        asr_cfg,
+                        threshold=app.threshold if app is not None else None,  # per utterance
+                        started=asr_started,
+                        stats=asr_stats,
+                    )
+                )
+            )
+            self.ports["wyoming-asr"] = await _listening("wyoming.asr", asr_cfg, asr_started)
         return tasks
 
     # -- watchdog and status --------------------------------------------------------------
