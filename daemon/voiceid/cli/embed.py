@@ -10,6 +10,7 @@ import numpy as np
 
 from voiceid.audio.io import load_audio
 from voiceid.cli.output import print_json
+from voiceid.models import registry
 from voiceid.models.embedder import Embedder
 from voiceid.models.registry import DEFAULT_MODEL
 
@@ -60,10 +61,15 @@ def _rounded(v: np.ndarray) -> list[float]:
     return [round(float(x), 7) for x in v]
 
 
+def model_rate(args: argparse.Namespace) -> int:
+    """The model's sample rate from its card (audio errors come before model downloads)."""
+    return registry.card(args.model).frontend.sample_rate
+
+
 def cmd_embed(args: argparse.Namespace) -> int:
+    samples = load_audio(args.file, model_rate(args), start=args.start, end=args.end)
     embedder = load_embedder(args)
     rate = embedder.sample_rate
-    samples = load_audio(args.file, rate, start=args.start, end=args.end)
     out: dict[str, Any] = {
         "model": embedder.card.name,
         "fingerprint": embedder.fingerprint,
@@ -111,10 +117,11 @@ def stored_threshold(args: argparse.Namespace, embedder: Embedder) -> float:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    rate = model_rate(args)
+    wav_a, wav_b = load_audio(args.a, rate), load_audio(args.b, rate)
     embedder = load_embedder(args)
-    rate = embedder.sample_rate
-    a = embedder.embed(load_audio(args.a, rate), where=args.a)
-    b = embedder.embed(load_audio(args.b, rate), where=args.b)
+    a = embedder.embed(wav_a, where=args.a)
+    b = embedder.embed(wav_b, where=args.b)
     score = float(np.dot(a, b))
     threshold = args.threshold if args.threshold is not None else stored_threshold(args, embedder)
     result = {

@@ -10,6 +10,7 @@ Names:
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -145,6 +146,42 @@ def model_path(name: str, cache: Path | None = None) -> Path:
     return (cache or paths.cache_dir()) / c.filename
 
 
+def cached_sha256(path: Path) -> str:
+    """sha256 of ``path``, remembered in ``PATH.sha256`` next to it (keyed by size and mtime)."""
+    from voiceid.models.download import sha256_file
+
+    st = path.stat()
+    key = f"{st.st_size} {st.st_mtime_ns}"
+    side = path.with_name(path.name + ".sha256")
+    try:
+        stored_key, digest = side.read_text().rsplit(" ", 1)
+        if stored_key == key and len(digest) == 64:
+            return digest
+    except (OSError, ValueError):
+        pass
+    digest = sha256_file(path)
+    with contextlib.suppress(OSError):  # a read-only cache still works, only slower
+        side.write_text(f"{key} {digest}")
+    return digest
+
+
+def check_pinned(name: str, c: ModelCard, path: Path, *, fetch: bool) -> None:
+    """A downloaded model in the cache must still have its pinned hash (else: fetch again)."""
+    got = cached_sha256(path)
+    if got == c.sha256:
+        return
+    if fetch:
+        from voiceid.models.download import fetch as download
+
+        download(c.source, path, c.sha256)
+        return
+    raise ModelError(
+        f"model file {path} has sha256 {got}, not the pinned {c.sha256}",
+        hint=f"run `voiceid models fetch {name}`, place the right file there, or pin this "
+        "build with --sha256 / model.sha256",
+    )
+
+
 def resolve(
     name: str,
     *,
@@ -180,6 +217,8 @@ def resolve(
             hint="check its permissions, or set VOICEID_HOME",
         ) from None
     if present:
+        if c.source.startswith("https://") and c.sha256:
+            check_pinned(name, c, path, fetch=fetch)
         return ResolvedModel(c, path)
     if name in _LOCAL:
         raise ModelError(
