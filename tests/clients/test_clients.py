@@ -189,8 +189,10 @@ def test_listen_mqtt(env: None, tmp_path: Path, voices: tuple[list[Path], list[P
             out, err = Lines(listener.stdout), Lines(listener.stderr)
             try:
                 err.until("-- listening on mqtt://", 15)
+                # 4x real time: identity changes are >= 0.125 s apart, as live ones (>= a hop)
+                # are; a burst faster than the broker round trip may coalesce retained state
                 r = run_client(
-                    "stream", "--url", live.ws, "--stream", "hall", "--speed", "0", str(a[7])
+                    "stream", "--url", live.ws, "--stream", "hall", "--speed", "4", str(a[7])
                 )
                 assert r.returncode == 0, r.stderr
                 text = out.until("speaker_ended", 20)
