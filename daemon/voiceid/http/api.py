@@ -10,6 +10,12 @@ deletion the hub's scorer is rebuilt from the store, so live streams see the cha
 from their next decision.
 
 Errors are JSON ``{"error": {"code", "message", "hint"}}`` (see ``docs/rest.md``).
+
+Access (``docs/security.md``) is checked by the :class:`Guard` middleware before a route
+runs or a body is read: the per-address rate limit (429), the ``Host`` of a daemon
+without tokens (403 ``bad_host``), the ``Origin`` of writes (403 ``cross_origin``), then
+the bearer token and its scope from :func:`required_scopes` (401, 403). Verification
+is throttled per claimed name after repeated failures (:mod:`voiceid.security.lockout`).
 """
 
 from __future__ import annotations
@@ -26,7 +32,6 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
-from urllib.parse import urlsplit
 
 import numpy as np
 import soundfile as sf
@@ -34,6 +39,7 @@ import soxr
 from fastapi import Body, FastAPI, File, Form, Query, Request, UploadFile
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from numpy.typing import NDArray
@@ -62,6 +68,12 @@ from voiceid.profiles.enroll import (
 from voiceid.profiles.model import Profile, ProfileSummary, check_metadata, check_name
 from voiceid.profiles.scoring import identify, require_profiles, require_same_model, score
 from voiceid.runtime import metrics
+from voiceid.security import HTTP_REJECTED, Denied, Security
+from voiceid.security.lockout import VerifyLockout
+from voiceid.security.origins import is_loopback
+from voiceid.security.ratelimit import RateLimiter, client_key
+from voiceid.security.tokens import Identity, TokenStore
+from voiceid.security.tokens import Scope as TokenScope
 
 if TYPE_CHECKING:
     from voiceid.app import App
@@ -77,6 +89,14 @@ ENROLLMENT_TTL_S = 300.0  # an enrollment session expires after this long withou
 MAX_ENROLLMENTS = 16  # open enrollment sessions at once
 EMBED_CONCURRENCY = 2  # uploads embedded at the same time (the live streams come first)
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+ANY_TOKEN: frozenset[TokenScope] = frozenset()  # any valid token, whatever its scopes
+ENROLL: frozenset[TokenScope] = frozenset({"enroll"})
+ADMIN: frozenset[TokenScope] = frozenset({"admin"})
+ENROLL_OR_ADMIN: frozenset[TokenScope] = frozenset({"enroll", "admin"})
+OPEN_PATHS = frozenset({"/", "/healthz", "/readyz", "/openapi.json", "/docs"})
+UNLIMITED_PATHS = frozenset({"/healthz", "/readyz"})  # probes: never rate limited
+METRICS_PATH = "/metrics"
+ANONYMOUS = Identity("anonymous", frozenset())  # an open route, or /metrics from loopback
 PAGE_CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self' ws: wss:; media-src 'self' blob:; object-src 'none'; "
@@ -282,10 +302,12 @@ class ApiError(Exception):
         *,
         hint: str | None = None,
         details: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
         self.hint, self.details = hint, details
+        self.headers = headers
 
 
 class _TooLarge(StarletteHTTPException):
@@ -299,9 +321,10 @@ def _error_response(
     message: str,
     hint: str | None = None,
     details: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
 ) -> JSONResponse:
     body = ErrorResponse(error=ErrorInfo(code=code, message=message, hint=hint, details=details))
-    return JSONResponse(body.model_dump(mode="json"), status_code=status)
+    return JSONResponse(body.model_dump(mode="json"), status_code=status, headers=headers)
 
 
 _BY_CLASS: tuple[tuple[type[VoiceidError], int, str], ...] = (
@@ -323,6 +346,7 @@ def _status_of(exc: VoiceidError) -> tuple[int, str]:
 
 _HTTP_CODES = {
     400: "bad_request",
+    401: "unauthorized",
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
@@ -433,6 +457,63 @@ def _finite(x: float) -> float:
     return round(x, 6) if math.isfinite(x) else 0.0
 
 
+def _who(request: Request) -> str:
+    """Who made a request, for the log: the token's name."""
+    identity = getattr(request.state, "identity", None)
+    return f"by {identity.name}" if isinstance(identity, Identity) else "by ?"
+
+
+def _document_security(app: FastAPI) -> None:
+    """Bearer tokens in the OpenAPI document: the scheme, and per operation the scopes
+    and the 401/403/429 answers, from :func:`required_scopes` (what the Guard applies)."""
+    generate = app.openapi
+
+    def answer(text: str) -> dict[str, Any]:
+        schema = {"$ref": "#/components/schemas/ErrorResponse"}
+        return {"description": text, "content": {"application/json": {"schema": schema}}}
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        doc = generate()
+        doc.setdefault("components", {}).setdefault("securitySchemes", {})["bearer"] = {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "an API token (`voiceid token new NAME --scope SCOPE`); "
+            "required when the daemon has auth.tokens",
+        }
+        for path, item in doc.get("paths", {}).items():
+            for method, op in item.items():
+                responses = op.setdefault("responses", {})
+                if path not in UNLIMITED_PATHS:
+                    limited = "too many requests (security.http_rate_per_min): see Retry-After"
+                    if path == f"{API}/verify":
+                        limited += "; or `verify_locked`: too many failed verifications of "
+                        limited += "this name in a row"
+                    responses.setdefault("429", answer(limited))
+                needed = required_scopes(method, path)
+                if needed is None:
+                    continue
+                op["security"] = [{"bearer": []}]
+                responses.setdefault("401", answer("no valid token (when auth.tokens is set)"))
+                if needed:
+                    scopes = " or ".join(f"`{x}`" for x in sorted(needed))
+                    responses.setdefault(
+                        "403",
+                        answer(f"the token lacks the scope {scopes}, or a cross-origin write"),
+                    )
+                    note = f"Token scope: {scopes}."
+                else:
+                    note = "Any valid token."
+                if path == METRICS_PATH:
+                    note += " Clients on loopback addresses need none."
+                op["description"] = (op.get("description", "") + "\n\n" + note).strip()
+        app.openapi_schema = doc
+        return doc
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 # ------------------------------------------------------------ enrollment sessions
 
 
@@ -532,41 +613,145 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-class Guard:
-    """Pure ASGI middleware: upload size limit (413), same-origin writes (403), headers.
+def required_scopes(method: str, path: str) -> frozenset[TokenScope] | None:
+    """The token scopes a request needs (one of them), :data:`ANY_TOKEN` for any valid
+    token, None for none (open). ``path`` may be a route template (``{name}``).
 
-    * A body larger than ``limit`` bytes is refused with 413: at once when
+    Paths under ``/api/v1`` that are not listed need ``admin``: a route added later is
+    closed until it is given its scope here.
+    """
+    if path in OPEN_PATHS or path.startswith(("/static/", "/docs/")):
+        return None
+    if path == METRICS_PATH:
+        return ADMIN  # and loopback clients need none (Guard)
+    if path != API and not path.startswith(API + "/"):
+        return None  # not an API path: 404 for everybody
+    parts = [p for p in path[len(API) :].split("/") if p]
+    first = parts[0] if parts else ""
+    safe = method.upper() in SAFE_METHODS
+    if first in ("version", "config", "model", "streams") and safe:
+        return ANY_TOKEN
+    if first == "profiles":
+        if safe and not (len(parts) == 3 and parts[2] == "export"):
+            return ENROLL_OR_ADMIN
+        return ADMIN  # delete, export
+    if first in ("enroll", "enrollments", "verify", "identify"):
+        return ENROLL
+    return ADMIN  # export, import, thresholds, anything new
+
+
+def _header_map(scope: Scope) -> dict[str, str]:
+    """Request headers by lower-case name; a repeated Origin/Host/Authorization
+    header becomes "" (invalid for every check that reads it)."""
+    out: dict[str, str] = {}
+    for k, v in scope["headers"]:
+        name = k.decode("latin-1").lower()
+        value = v.decode("latin-1")
+        if name in out and name in ("origin", "host", "authorization"):
+            value = ""
+        out[name] = value
+    return out
+
+
+class Guard:
+    """Pure ASGI middleware: rate limit (429), ``Host`` (403), same-origin writes (403),
+    token and scope (401/403), upload size limit (413), headers.
+
+    In this order, before a route runs or a body is read:
+
+    * every client address (IPv6: its /64) gets ``security.http_rate_per_min``
+      requests per minute (a bucket of that many, refilled continuously); beyond, 429
+      with ``Retry-After`` (``/healthz`` and ``/readyz`` are not counted);
+    * a daemon without tokens (loopback only) answers only requests whose ``Host`` is
+      a loopback name: a DNS-rebinding page cannot reach it through the browser;
+    * a request that changes something (not GET/HEAD/OPTIONS) from a browser page of
+      another origin (its ``Origin`` differs from ``Host``, and is not in
+      ``auth.allowed_origins``) is refused with 403 ``cross_origin``: a web site the
+      user visits cannot enroll or delete profiles through the browser;
+    * with tokens configured, :func:`required_scopes` says what the route needs: no
+      token 401 (``WWW-Authenticate: Bearer``), a token without the scope 403;
+      ``/metrics`` is free for loopback clients and needs ``admin`` from elsewhere;
+    * a body larger than ``limit`` bytes is refused with 413: at once when
       ``Content-Length`` says so, else as soon as that many bytes have arrived.
-    * A request that changes something (not GET/HEAD/OPTIONS) from a browser page of
-      another origin (its ``Origin`` header differs from ``Host``) is refused with 403:
-      a web site the user visits cannot enroll or delete profiles through the browser.
-    * Every response gets ``nosniff``/``no-referrer``; the web page a strict CSP; the
-      API ``Cache-Control: no-store`` (profiles are personal data).
+
+    Every response gets ``nosniff``/``no-referrer``; the web page a strict CSP; the API
+    ``Cache-Control: no-store`` (profiles are personal data). Refusals are counted in
+    :data:`voiceid.security.HTTP_REJECTED` by reason.
     """
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        limit: int,
+        security: Security | None = None,
+        limiter: RateLimiter | None = None,
+    ) -> None:
         self.app = app
         self.limit = limit
+        self.security = security if security is not None else Security(TokenStore(()))
+        self.limiter = limiter
+
+    def check(self, scope: Scope, headers: dict[str, str]) -> Identity | Denied:
+        """The caller's identity, or why it is refused."""
+        method: str = scope["method"]
+        path: str = scope["path"]
+        client = scope.get("client")
+        address = str(client[0]) if client else None
+        if self.limiter is not None and path not in UNLIMITED_PATHS:
+            wait = self.limiter.acquire(client_key(address))
+            if wait > 0:
+                retry = RateLimiter.retry_after(wait)
+                return Denied(
+                    429,
+                    "rate_limited",
+                    "rate_limited",
+                    f"too many requests from {address}: the limit is "
+                    f"{self.limiter.per_s * 60:g} per minute",
+                    f"retry in {retry} s (security.http_rate_per_min)",
+                    retry_after=retry,
+                )
+        security = self.security
+        write = method not in SAFE_METHODS
+        denied = security.check_browser(
+            headers.get("origin") if write else None,
+            headers.get("host"),
+            what=method,
+        )
+        if denied is not None:
+            return denied
+        needed = required_scopes(method, path)
+        if needed is None:
+            return ANONYMOUS
+        loopback = address is not None and is_loopback(address)
+        if path == METRICS_PATH and loopback and "authorization" not in headers:
+            return ANONYMOUS
+        return security.authorize(headers.get("authorization"), None, needed)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        headers = _header_map(scope)
         method = scope["method"]
+        who = self.check(scope, headers)
+        if isinstance(who, Denied):
+            HTTP_REJECTED.reject(who.reason)
+            client = scope.get("client")
+            log.warning(
+                "HTTP %s %s from %s refused (%d %s): %s",
+                method,
+                scope["path"][:200],
+                client[0] if client else "?",
+                who.status,
+                who.code,
+                who.message,
+            )
+            await _error_response(
+                who.status, who.code, who.message, who.hint, headers=who.headers()
+            )(scope, receive, send)
+            return
+        scope.setdefault("state", {})["identity"] = who
         if method not in SAFE_METHODS:
-            origin = headers.get("origin")
-            if (
-                origin is not None
-                and urlsplit(origin).netloc.lower() != headers.get("host", "").lower()
-            ):
-                await _error_response(
-                    403,
-                    "cross_origin",
-                    f"{method} from another origin ({origin[:100]}) refused",
-                    hint="use the web page this daemon serves, or a client without an Origin",
-                )(scope, receive, send)
-                return
             declared = headers.get("content-length", "")
             if declared.isdigit() and int(declared) > self.limit:
                 await self._too_large(scope, receive, send)
@@ -644,7 +829,27 @@ def create_app(daemon: Daemon) -> FastAPI:
         docs_url="/docs",
         redoc_url=None,
     )
-    app.add_middleware(Guard, limit=cfg.max_upload_bytes)
+    settings = daemon.settings
+    security = Security.from_settings(settings, ports=daemon.ports)
+    limiter = RateLimiter(settings.security.http_rate_per_min)
+    lockout = VerifyLockout(
+        settings.auth.verify_lockout_after,
+        settings.auth.verify_lockout_base_s,
+        settings.auth.verify_lockout_max_s,
+    )
+    app.add_middleware(Guard, limit=cfg.max_upload_bytes, security=security, limiter=limiter)
+    if settings.auth.allowed_origins:  # pages of other origins may call the API (CORS)
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=[str(o) for o in security.origins.allowed],
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type"],
+            max_age=600,
+        )
+    app.state.security = security
+    app.state.limiter = limiter
+    app.state.lockout = lockout
+    _document_security(app)
     enrollments = Enrollments()
     app.state.enrollments = enrollments
     app.state.daemon = daemon
@@ -654,7 +859,9 @@ def create_app(daemon: Daemon) -> FastAPI:
     # -- errors --------------------------------------------------------------------
     async def on_api_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ApiError)
-        return _error_response(exc.status, exc.code, exc.message, exc.hint, exc.details)
+        return _error_response(
+            exc.status, exc.code, exc.message, exc.hint, exc.details, headers=exc.headers
+        )
 
     async def on_voiceid_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, VoiceidError)
@@ -932,7 +1139,7 @@ def create_app(daemon: Daemon) -> FastAPI:
         responses=ERRORS_INPUT | ERR_404,
         summary="Delete a profile (its embeddings are erased from disk)",
     )
-    async def delete_profile(name: NameParam) -> Deleted:
+    async def delete_profile(name: NameParam, request: Request) -> Deleted:
         a, _ = ready()
         try:
             deleted = await asyncio.to_thread(a.store.delete, name)
@@ -941,6 +1148,7 @@ def create_app(daemon: Daemon) -> FastAPI:
                 raise not_found(name) from None
             raise
         await refresh()
+        log.info("profile %r deleted (%s)", deleted, _who(request))
         return Deleted(deleted=deleted)
 
     export_doc = {
@@ -971,9 +1179,10 @@ def create_app(daemon: Daemon) -> FastAPI:
         responses=export_doc | ERRORS_INPUT | ERR_404,
         summary="Download one profile as JSON (biometric data: keep it safe)",
     )
-    async def export_one(name: NameParam) -> Response:
+    async def export_one(name: NameParam, request: Request) -> Response:
         a, _ = ready()
         p = await get_profile(a, name)
+        log.info("profile %r exported (%s)", p.name, _who(request))
         return await export(a, [p.id], f"voiceid-profile-{p.id}.json")
 
     @app.get(
@@ -984,6 +1193,7 @@ def create_app(daemon: Daemon) -> FastAPI:
         summary="Download profiles as JSON: all, or those named (?name=a&name=b)",
     )
     async def export_many(
+        request: Request,
         name: Annotated[list[str] | None, Query(description="profile names or ids")] = None,
     ) -> Response:
         a, _ = ready()
@@ -991,6 +1201,7 @@ def create_app(daemon: Daemon) -> FastAPI:
             for n in name:
                 if not await asyncio.to_thread(a.store.__contains__, n):
                     raise not_found(n)
+        log.info("%s profiles exported (%s)", len(name) if name else "all", _who(request))
         return await export(a, name or None, "voiceid-profiles.json")
 
     # -- one-shot enrollment ---------------------------------------------------------
@@ -1163,10 +1374,38 @@ def create_app(daemon: Daemon) -> FastAPI:
             require_same_model(profile, a.fingerprint, a.model_name)
         except ProfileError as exc:
             raise ApiError(409, "profile_other_model", exc.message, hint=exc.hint) from None
-        source, data = await _read_upload(file, 1)
-        emb = await embed(a, data, source)
-        thr = threshold if threshold is not None else await asyncio.to_thread(a.threshold)
-        s = score(profile, emb)
+        key = profile.id  # one lockout per person, whatever name or id was claimed
+        if lockout.begin(key) > 0:
+            retry = lockout.retry_after(key)
+            metrics.VERIFY_LOCKOUTS.inc()
+            HTTP_REJECTED.reject("locked_out")
+            log.warning(
+                "verify %r refused: %d consecutive failures, retry in %d s",
+                profile.name,
+                lockout.failures(key),
+                retry,
+            )
+            raise ApiError(
+                429,
+                "verify_locked",
+                f"too many failed verifications of {profile.name!r} in a row: "
+                f"the next one is answered in {retry} s",
+                hint="wait Retry-After seconds; each further failure doubles the wait "
+                "(auth.verify_lockout_*), a success resets it",
+                headers={"Retry-After": str(retry)},
+            )
+        passed: bool | None = None  # None: no decision (bad audio...): not counted
+        try:
+            source, data = await _read_upload(file, 1)
+            emb = await embed(a, data, source)
+            default = await asyncio.to_thread(a.threshold)
+            s = score(profile, emb)
+            # the lockout judges with the daemon's threshold: a client's own (lower)
+            # threshold must not turn failures into successes that reset it
+            passed = bool(s >= default)
+        finally:
+            lockout.end(key, passed)
+        thr = threshold if threshold is not None else default
         return VerifyResult(name=profile.name, score=_finite(s), threshold=thr, accepted=s >= thr)
 
     @app.post(

@@ -7,6 +7,9 @@ has already loaded the model), and the listening socket is bound here first so t
 connect. Cancelling the task shuts the server down gracefully: the listener closes,
 open connections finish their request (up to :data:`GRACEFUL_S` seconds), then
 ``CancelledError`` propagates.
+
+TLS: with ``tls.cert_file`` and ``tls.key_file`` set the server speaks ``https://`` (the
+files are checked before the socket is bound: a bad pair is a ``ConfigError``).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import uvicorn
 
 from voiceid.config import HttpSection
 from voiceid.errors import ConfigError
+from voiceid.security import tls_context
 
 if TYPE_CHECKING:
     from voiceid.runtime.daemon import Daemon
@@ -82,7 +86,9 @@ async def serve_http(
     """
     from voiceid.http.api import create_app
 
+    tls = daemon.settings.tls
     try:
+        tls_context(tls)  # a clear ConfigError now rather than an ssl error in uvicorn
         sock = bind_socket(cfg.host, cfg.port)
     except BaseException as exc:
         if started is not None and not started.done():
@@ -90,6 +96,9 @@ async def serve_http(
         raise
     port = int(sock.getsockname()[1])
     app = create_app(daemon)
+    use_tls = tls.cert_file is not None and tls.key_file is not None
+    certfile = str(tls.cert_file.expanduser()) if use_tls and tls.cert_file else None
+    keyfile = str(tls.key_file.expanduser()) if use_tls and tls.key_file else None
     config = uvicorn.Config(
         app,
         lifespan="off",
@@ -99,6 +108,8 @@ async def serve_http(
         server_header=False,
         timeout_graceful_shutdown=GRACEFUL_S,
         timeout_keep_alive=5,
+        ssl_certfile=certfile,
+        ssl_keyfile=keyfile,
     )
     server = _Server(config)
     serving = asyncio.create_task(server.serve(sockets=[sock]), name="http-server")
@@ -111,7 +122,8 @@ async def serve_http(
         if serving.done():
             serving.result()  # re-raise a startup failure
             raise RuntimeError(f"HTTP server on {cfg.host}:{port} did not start")
-        log.info("HTTP API and web page on http://%s:%d/", _url_host(cfg.host), port)
+        scheme = "https" if use_tls else "http"
+        log.info("HTTP API and web page on %s://%s:%d/", scheme, _url_host(cfg.host), port)
         if started is not None and not started.done():
             started.set_result(port)
         await asyncio.shield(serving)

@@ -10,6 +10,13 @@ Paths (see docs/protocol.md):
 * ``/events`` - every stream's events (or one stream's with ``?stream=NAME``).
 * anything else - HTTP 404 during the handshake.
 
+Access (docs/security.md), checked in ``process_request`` before the upgrade when a
+:class:`~voiceid.security.Security` is given: the browser ``Origin`` (403), then a token
+with the scope ``stream`` on both paths, from ``Authorization: Bearer`` or ``?token=``
+(401 without a valid token, 403 without the scope). Refusals are one-line plain-text
+bodies, counted in ``WebSocketStats.rejected``. With TLS configured the server speaks
+``wss://``.
+
 Flow control. Each connection has a bounded subscription on the hub's bus
 (``event_queue`` events) and one *pump* task that awaits ``ws.send`` for each event;
 publishing never waits for a client. A client that does not read makes its pump block in
@@ -25,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import weakref
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from enum import Enum
@@ -33,6 +41,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import MultipleValuesError
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
@@ -40,6 +49,8 @@ from voiceid.config import WebSocketSection
 from voiceid.errors import ProtocolError
 from voiceid.runtime.bus import Subscription
 from voiceid.runtime.hub import Hub, LiveStream
+from voiceid.security import Denied, Security
+from voiceid.security.tokens import MalformedCredentials, Scope, split_query_token
 from voiceid.sources.protocol import (
     Audio,
     CloseCode,
@@ -65,6 +76,7 @@ FLUSH_TIMEOUT_S = 2.0  # time to send a closing stream's last events
 STOP_SETTLE_S = 5.0  # after stop: time for windows still in the engine to be scored
 SLOW_POLL_S = 0.2  # how often a blocked send checks whether its queue overflowed
 SHUTDOWN_TIMEOUT_S = FLUSH_TIMEOUT_S + CLOSE_TIMEOUT_S + 1.0
+SCOPE: Scope = "stream"  # the token scope both paths need
 
 
 @dataclass
@@ -357,11 +369,17 @@ class WebSocketServer:
     """Routes connections to :class:`_StreamConnection` / :class:`_EventsConnection`."""
 
     def __init__(
-        self, hub: Hub, cfg: WebSocketSection, stats: WebSocketStats | None = None
+        self,
+        hub: Hub,
+        cfg: WebSocketSection,
+        stats: WebSocketStats | None = None,
+        security: Security | None = None,
     ) -> None:
         self.hub = hub
         self.cfg = cfg
         self.stats = stats if stats is not None else WebSocketStats()
+        self.security = security  # None: no checks at all (tests, embedding)
+        self._who: weakref.WeakKeyDictionary[ServerConnection, str] = weakref.WeakKeyDictionary()
         self._streams: set[_StreamConnection] = set()
         self._subscribers: set[_EventsConnection] = set()
         self._server: Server | None = None
@@ -373,26 +391,80 @@ class WebSocketServer:
         if self._closing:
             self.stats.reject("shutdown")
             return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "shutting down\n")
+        if url.path not in (STREAM_PATH, EVENTS_PATH):
+            self.stats.reject("not_found")
+            log.info("HTTP 404 for %s from %s", url.path[:200], connection.remote_address)
+            return connection.respond(
+                HTTPStatus.NOT_FOUND,
+                f"no such path: use {STREAM_PATH} (audio in) or {EVENTS_PATH} (events out)\n",
+            )
+        try:
+            token, query = split_query_token(url.query)
+        except MalformedCredentials as exc:
+            token, query = None, url.query
+            if self.security is not None and not self.security.open:
+                return self._deny(
+                    connection,
+                    Denied(401, "unauthorized", "invalid_token", f"malformed token: {exc}"),
+                )
+        if self.security is not None:
+            denied = self._check_access(connection, request, token)
+            if denied is not None:
+                return self._deny(connection, denied)
         if url.path == STREAM_PATH:
-            if url.query:
+            if query:
                 self.stats.reject("bad_request")
                 return connection.respond(
-                    HTTPStatus.BAD_REQUEST, f"{STREAM_PATH} takes no query parameters\n"
+                    HTTPStatus.BAD_REQUEST,
+                    f"{STREAM_PATH} takes no query parameters (but token=)\n",
                 )
             return None
-        if url.path == EVENTS_PATH:
-            try:
-                parse_events_query(url.query)
-            except ProtocolError as exc:
-                self.stats.reject("bad_request")
-                return connection.respond(HTTPStatus.BAD_REQUEST, f"{exc}\n")
-            return None
-        self.stats.reject("not_found")
-        log.info("HTTP 404 for %s from %s", url.path[:200], connection.remote_address)
-        return connection.respond(
-            HTTPStatus.NOT_FOUND,
-            f"no such path: use {STREAM_PATH} (audio in) or {EVENTS_PATH} (events out)\n",
+        try:
+            parse_events_query(query)
+        except ProtocolError as exc:
+            self.stats.reject("bad_request")
+            return connection.respond(HTTPStatus.BAD_REQUEST, f"{exc}\n")
+        return None
+
+    def _check_access(
+        self, connection: ServerConnection, request: Request, token: str | None
+    ) -> Denied | None:
+        """Origin, then token and scope; remembers who connected (for the log)."""
+        security = self.security
+        assert security is not None
+        denied = security.check_browser(
+            _header(request, "Origin"),
+            _header(request, "Host"),
+            page_ports=security.page_ports(),
+            what="WebSocket",
         )
+        if denied is not None:
+            return denied
+        who = security.authorize(_header(request, "Authorization"), token, (SCOPE,))
+        if isinstance(who, Denied):
+            return who
+        if not security.open:
+            self._who[connection] = who.name
+        return None
+
+    def _deny(self, connection: ServerConnection, denied: Denied) -> Response:
+        self.stats.reject(denied.reason)
+        log.warning(
+            "WebSocket client %s refused (%d %s): %s",
+            connection.remote_address,
+            denied.status,
+            denied.code,
+            denied.message,
+        )
+        response = connection.respond(HTTPStatus(denied.status), denied.line())
+        for name, value in denied.headers().items():
+            response.headers[name] = value
+        return response
+
+    def _label(self, ws: ServerConnection) -> str:
+        """``address`` or ``address (token NAME)`` for the log."""
+        who = self._who.get(ws)
+        return f"{ws.remote_address} (token {who})" if who else str(ws.remote_address)
 
     # -- connections --------------------------------------------------------------------
     async def handler(self, ws: ServerConnection) -> None:
@@ -402,7 +474,11 @@ class WebSocketServer:
         try:
             url = urlsplit(ws.request.path if ws.request is not None else "")
             if url.path == EVENTS_PATH:
-                await self._serve_events(ws, parse_events_query(url.query))
+                try:
+                    query = split_query_token(url.query)[1]
+                except MalformedCredentials:  # only without tokens: ignored
+                    query = ""
+                await self._serve_events(ws, parse_events_query(query))
             else:
                 await self._serve_stream(ws)
         except Exception:
@@ -492,7 +568,7 @@ class WebSocketServer:
         log.info(
             "stream %s: started by %s (%d Hz, %s, %d ch)",
             start.stream,
-            ws.remote_address,
+            self._label(ws),
             start.sample_rate,
             start.encoding,
             start.channels,
@@ -517,7 +593,7 @@ class WebSocketServer:
         conn = _EventsConnection(self, ws, stream)
         self.stats.subscribers += 1
         self._subscribers.add(conn)
-        log.info("%s: subscribed from %s", conn.label, ws.remote_address)
+        log.info("%s: subscribed from %s", conn.label, self._label(ws))
         try:
             await conn.run()
         finally:
@@ -533,6 +609,7 @@ class WebSocketServer:
                 cfg.host,
                 cfg.port,
                 process_request=self.process_request,
+                ssl=self.security.ssl_context if self.security is not None else None,
                 max_size=cfg.max_message_bytes,
                 max_queue=MAX_QUEUE,
                 compression=None,
@@ -544,7 +621,8 @@ class WebSocketServer:
             raise
         self._server = server
         port = int(server.sockets[0].getsockname()[1]) if server.sockets else cfg.port
-        log.info("WebSocket server listening on %s:%d", cfg.host, port)
+        tls = self.security is not None and self.security.ssl_context is not None
+        log.info("WebSocket server listening on %s://%s:%d", "wss" if tls else "ws", cfg.host, port)
         if started is not None and not started.done():
             started.set_result(port)
         try:
@@ -570,6 +648,14 @@ class WebSocketServer:
         log.info("WebSocket server closed (%d connections served)", self.stats.connections)
 
 
+def _header(request: Request, name: str) -> str | None:
+    """One header's value; repeated: "" (invalid for every check that reads it)."""
+    try:
+        return request.headers.get(name)
+    except MultipleValuesError:
+        return ""
+
+
 async def _wait_done(
     conns: list[_StreamConnection] | list[_EventsConnection], timeout: float
 ) -> None:
@@ -586,6 +672,7 @@ async def serve_websocket(
     *,
     started: asyncio.Future[int] | None = None,
     stats: WebSocketStats | None = None,
+    security: Security | None = None,
 ) -> None:
     """Serve ``/stream`` and ``/events`` until cancelled.
 
@@ -593,6 +680,7 @@ async def serve_websocket(
     ``stats`` (optional) is filled with the server's counters. On cancellation every
     stream is closed (its last events are sent to its client and to ``/events``), then
     every connection is closed with 1001, and ``CancelledError`` propagates. The hub is
-    not closed: that is the caller's.
+    not closed: that is the caller's. ``security``: tokens, origins and TLS (None: no
+    checks, plain ``ws://``; the daemon always passes one).
     """
-    await WebSocketServer(hub, cfg, stats).serve(started)
+    await WebSocketServer(hub, cfg, stats, security).serve(started)

@@ -1,6 +1,9 @@
 // voiceid web page: enroll from the microphone, manage profiles, watch live streams.
 // Plain JavaScript, no build step. Talks to the REST API (/api/v1, docs/rest.md) and to
 // the daemon's WebSocket server (/events and /stream, docs/protocol.md).
+// When the daemon has API tokens (docs/security.md) the page asks for one once, keeps it
+// in sessionStorage (this tab only, gone when it closes) and sends it as a bearer header
+// to the REST API and as ?token= to the WebSocket (browsers cannot set its headers).
 "use strict";
 
 const API = "/api/v1";
@@ -9,6 +12,7 @@ const MAX_RECORD_S = 12; // a recording stops by itself after this long
 const HISTORY_S = 30; // seconds of stream time in the score history
 const ENDED_KEEP_MS = 60000; // an ended stream stays on the page this long
 const MAX_BUFFERED = 1 << 20; // bytes queued on the /stream socket before audio is dropped
+const TOKEN_KEY = "voiceid.token"; // sessionStorage key of the API token
 
 const $ = (id) => document.getElementById(id);
 
@@ -22,6 +26,89 @@ const state = {
   backoffMs: 1000,
 };
 
+// --------------------------------------------------------------------------- token
+
+const auth = { token: readToken(), waiters: [] };
+
+function readToken() {
+  try {
+    return sessionStorage.getItem(TOKEN_KEY) || "";
+  } catch {
+    return ""; // storage disabled: the token lives in this page only
+  }
+}
+
+function authHeaders(headers = {}) {
+  return auth.token ? { ...headers, Authorization: `Bearer ${auth.token}` } : headers;
+}
+
+// WebSocket URLs carry the token as a query parameter (no headers on a browser WebSocket).
+function withToken(url) {
+  if (!auth.token) return url;
+  return `${url}${url.includes("?") ? "&" : "?"}token=${encodeURIComponent(auth.token)}`;
+}
+
+// The daemon answered 401: show the token form (entering a token reloads the page,
+// unless askToken is waiting for it).
+function showTokenForm(err) {
+  const card = $("auth-card");
+  card.style.gridColumn = "1 / -1"; // the whole width of the grid
+  card.hidden = false;
+  say(
+    "auth-msg",
+    auth.token ? `The token was refused: ${describe(err)}` : "This daemon needs an API token.",
+    "error",
+  );
+  $("auth-token").focus();
+}
+
+// Show the token form; resolves when a token is entered.
+function askToken(err) {
+  showTokenForm(err);
+  return new Promise((resolve) => auth.waiters.push(resolve));
+}
+
+function useToken(event) {
+  event.preventDefault();
+  const value = $("auth-token").value.trim();
+  if (!value) return;
+  auth.token = value;
+  try {
+    sessionStorage.setItem(TOKEN_KEY, value);
+  } catch {
+    // storage disabled: kept for this page only
+  }
+  $("auth-token").value = "";
+  $("auth-card").hidden = true;
+  $("forget-token").hidden = false;
+  say("auth-msg", "");
+  const waiters = auth.waiters.splice(0);
+  if (waiters.length) waiters.forEach((resolve) => resolve());
+  else location.reload(); // refused later on: start again with the new token
+}
+
+function forgetToken() {
+  try {
+    sessionStorage.removeItem(TOKEN_KEY);
+  } catch {
+    // nothing stored
+  }
+  auth.token = "";
+  location.reload();
+}
+
+// Run fn until it is not refused for want of a token (asking for one in between).
+async function withAuth(fn) {
+  for (;;) {
+    try {
+      return await fn();
+    } catch (err) {
+      if (!(err instanceof ApiError && err.status === 401)) throw err;
+      await askToken(err);
+    }
+  }
+}
+
 // --------------------------------------------------------------------------- REST
 
 class ApiError extends Error {
@@ -34,21 +121,46 @@ class ApiError extends Error {
   }
 }
 
+function request(path, options = {}) {
+  const url = path.startsWith("/") ? path : API + "/" + path;
+  return fetch(url, { ...options, headers: authHeaders(options.headers || {}) });
+}
+
+async function errorOf(response) {
+  const text = await response.text();
+  try {
+    return new ApiError(response.status, (text && JSON.parse(text).error) || {});
+  } catch {
+    return new ApiError(response.status, { message: text.slice(0, 200) });
+  }
+}
+
 async function api(path, options = {}) {
-  const response = await fetch(path.startsWith("/") ? path : API + "/" + path, options);
-  let body = null;
-  if (response.status !== 204) {
-    const text = await response.text();
-    try {
-      body = text ? JSON.parse(text) : null;
-    } catch {
-      body = { error: { message: text.slice(0, 200) } };
-    }
-  }
+  const response = await request(path, options);
   if (!response.ok) {
-    throw new ApiError(response.status, (body && body.error) || {});
+    const err = await errorOf(response);
+    if (err.status === 401) showTokenForm(err);
+    throw err;
   }
-  return body;
+  if (response.status === 204) return null;
+  const text = await response.text();
+  return text ? JSON.parse(text) : null;
+}
+
+// Download an export (a plain link cannot send the token): fetch, then save the blob.
+async function download(path, fallbackName) {
+  const response = await request(path);
+  if (!response.ok) throw await errorOf(response);
+  const blob = await response.blob();
+  const disposition = response.headers.get("content-disposition") || "";
+  const named = /filename="([^"]+)"/.exec(disposition);
+  const link = document.createElement("a");
+  link.href = URL.createObjectURL(blob);
+  link.download = named ? named[1] : fallbackName;
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(link.href), 10000);
 }
 
 function postJson(path, data) {
@@ -462,12 +574,12 @@ function renderProfiles() {
     }
     const actions = document.createElement("td");
     actions.className = "actions";
-    const link = document.createElement("a");
-    link.className = "button";
-    link.href = `${API}/profiles/${encodeURIComponent(p.id)}/export`;
-    link.setAttribute("download", "");
+    const link = document.createElement("button");
+    link.type = "button";
     link.textContent = "Export";
     link.setAttribute("aria-label", `Export ${p.name}`);
+    const path = `profiles/${encodeURIComponent(p.id)}/export`;
+    link.addEventListener("click", () => exportProfiles(path));
     const del = document.createElement("button");
     del.type = "button";
     del.className = "danger";
@@ -480,6 +592,14 @@ function renderProfiles() {
   }
   $("no-profiles").hidden = state.profiles.length > 0;
   $("profiles-table").hidden = state.profiles.length === 0;
+}
+
+async function exportProfiles(path) {
+  try {
+    await download(path, "voiceid-profiles.json");
+  } catch (err) {
+    say("profiles-msg", describe(err), "error");
+  }
 }
 
 async function deleteProfile(p) {
@@ -507,7 +627,7 @@ function connectEvents() {
     say("events-state", "WebSocket off", "off");
     return;
   }
-  const socket = new WebSocket(wsBase() + ws.events_path);
+  const socket = new WebSocket(withToken(wsBase() + ws.events_path));
   state.eventsSocket = socket;
   socket.onopen = () => {
     state.backoffMs = 1000;
@@ -792,7 +912,8 @@ async function toggleMicStream(event) {
   let release;
   const pending = [];
   let ready = false;
-  const socket = new WebSocket(wsBase() + state.config.websocket.stream_path);
+  const url = withToken(wsBase() + state.config.websocket.stream_path);
+  const socket = new WebSocket(url);
   socket.binaryType = "arraybuffer";
   live.socket = socket;
   live.dropped = 0;
@@ -854,7 +975,13 @@ async function toggleMicStream(event) {
       say("mic-msg", `Stream closed (${e.code}${e.reason ? ": " + e.reason : ""}).`, "error");
     }
   };
-  socket.onerror = () => say("mic-msg", "Cannot reach the daemon's WebSocket server.", "error");
+  socket.onerror = () =>
+    say(
+      "mic-msg",
+      "Cannot reach the daemon's WebSocket server (or it refused this page or its token: " +
+        "streaming needs the stream scope).",
+      "error",
+    );
 }
 
 function stopMicStream() {
@@ -892,17 +1019,22 @@ async function main() {
   $("enroll-save").addEventListener("click", saveProfile);
   $("enroll-cancel").addEventListener("click", cancelEnrollment);
   $("mic-form").addEventListener("submit", toggleMicStream);
+  $("auth-form").addEventListener("submit", useToken);
+  $("forget-token").addEventListener("click", forgetToken);
+  $("forget-token").hidden = !auth.token;
+  $("export-all").addEventListener("click", () => exportProfiles("export"));
   window.addEventListener("pagehide", () => {
     stopMicStream();
     if (enroll.id) {
       const url = `${API}/enrollments/${encodeURIComponent(enroll.id)}`;
-      fetch(url, { method: "DELETE", keepalive: true }).catch(() => {});
+      fetch(url, { method: "DELETE", keepalive: true, headers: authHeaders() }).catch(() => {});
     }
   });
 
   await waitReady();
   try {
-    [state.config, state.model] = await Promise.all([api("config"), api("model")]);
+    const both = () => Promise.all([api("config"), api("model")]);
+    [state.config, state.model] = await withAuth(both);
   } catch (err) {
     say("status", describe(err), "error");
     return;
