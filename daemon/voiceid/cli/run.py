@@ -16,6 +16,7 @@ from voiceid.config import Settings, load_settings
 from voiceid.errors import ConfigError
 from voiceid.frontend import make_frontend
 from voiceid.runtime.daemon import run_daemon, stream_config
+from voiceid.security import check_auth_config
 from voiceid.stream.pipeline import run_file
 
 
@@ -55,7 +56,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.validate_config:
         if args.config is None:
             raise ConfigError("--validate-config needs --config FILE")
-        load_settings(args.config)
+        check_auth_config(load_settings(args.config))
         print(f"{args.config}: ok")
         return 0
     settings = _settings(args.config)

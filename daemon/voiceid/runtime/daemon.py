@@ -37,6 +37,7 @@ from voiceid.config import Settings, load_settings
 from voiceid.errors import ConfigError, VoiceidError
 from voiceid.runtime import metrics, notify
 from voiceid.runtime.hub import EngineConfig, Hub
+from voiceid.security import Security, check_auth_config
 from voiceid.sinks.stdout import write_events
 from voiceid.stream.decide import DecisionConfig
 from voiceid.stream.engine import EngineStats
@@ -203,6 +204,7 @@ class Daemon:
     # -- lifecycle ------------------------------------------------------------------------
     async def run(self) -> None:
         cfg = self.settings
+        check_auth_config(cfg)  # no tokens: loopback binds only (ConfigError); warns if open
         register_local_models(cfg)
         notify.status("loading model")
         try:
@@ -315,8 +317,13 @@ class Daemon:
 
             self.websocket_stats = stats = WebSocketStats()
             started: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+            security = Security.from_settings(cfg, ports=self.ports)
             tasks.append(
-                tg.create_task(serve_websocket(hub, cfg.websocket, started=started, stats=stats))
+                tg.create_task(
+                    serve_websocket(
+                        hub, cfg.websocket, started=started, stats=stats, security=security
+                    )
+                )
             )
             self.ports["websocket"] = await _listening("websocket", cfg.websocket, started)
         if cfg.http.enabled:

@@ -43,6 +43,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from voiceid.models.embedder import Embedder
+from voiceid.security import HTTP_REJECTED
 
 if TYPE_CHECKING:
     from voiceid.runtime.hub import Hub
@@ -159,9 +160,11 @@ class _LiveCollector(Collector):
             "Clients refused or closed for a protocol error",
             labels=["reason"],
         )
-        if src is not None and src.websocket is not None:
-            for reason, n in sorted(dict(src.websocket.rejected).items()):
-                rejected.add_metric([reason], n)
+        counts = dict(src.websocket.rejected) if src is not None and src.websocket else {}
+        for reason, n in list(HTTP_REJECTED.rejected.items()):  # REST: auth, origin, limits
+            counts[reason] = counts.get(reason, 0) + n
+        for reason, n in sorted(counts.items()):
+            rejected.add_metric([reason], n)
         yield rejected
         yield _gauge("voiceid_streams", "Live audio streams", len(hub.streams) if hub else 0)
         yield _gauge(
