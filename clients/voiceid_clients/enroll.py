@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import json
 import mimetypes
+import os
 import secrets
 import sys
 import urllib.error
@@ -65,7 +66,8 @@ def multipart(fields: dict[str, str], files: Sequence[tuple[str, str, bytes]]) -
 class Client:
     """The few REST calls enrollment needs."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, token: str | None = None) -> None:
+        self.token = token
         self.base = url.rstrip("/")
 
     def call(
@@ -77,6 +79,8 @@ class Client:
         form: tuple[bytes, str] | None = None,
     ) -> Any:
         headers = {"Accept": "application/json"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
         data: bytes | None = None
         if json_body is not None:
             data = json.dumps(json_body).encode()
@@ -223,6 +227,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--replace", action="store_true", help="re-enroll an existing profile")
     p.add_argument(
+        "--token",
+        default=os.environ.get("VOICEID_TOKEN"),
+        help="API token with the enroll scope (default: $VOICEID_TOKEN)",
+    )
+    p.add_argument(
         "--one-shot",
         action="store_true",
         help="send all files in one request (POST /api/v1/enroll)",
@@ -234,7 +243,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     files = read_files(args.files)
-    client = Client(args.url)
+    client = Client(args.url, args.token)
     try:
         if args.one_shot:
             return enroll_one_shot(client, args, files)

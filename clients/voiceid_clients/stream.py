@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -44,6 +45,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=DEFAULT_URL,
         help=f"the daemon's WebSocket server (default {DEFAULT_URL}); /stream is appended",
     )
+    p.add_argument(
+        "--token",
+        default=os.environ.get("VOICEID_TOKEN"),
+        help="API token with the stream scope (default: $VOICEID_TOKEN)",
+    )
     p.add_argument("--stream", default="cli", help=f"stream name ({STREAM_NAME_HELP})")
     p.add_argument(
         "--speed",
@@ -65,6 +71,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if not 10 <= args.chunk_ms <= 5000:
         p.error("--chunk-ms must be between 10 and 5000")
     return args
+
+
+def auth(args: argparse.Namespace) -> dict[str, str]:
+    """The bearer header for the daemon's token (none when no token is given)."""
+    return {"Authorization": f"Bearer {args.token}"} if args.token else {}
 
 
 def stream_url(url: str) -> str:
@@ -150,7 +161,9 @@ async def _start(ws: ClientConnection, name: str, rate: int, channels: int) -> s
 async def stream_files(args: argparse.Namespace) -> int:
     audio, rate = read_files(args.files)
     chunk = max(1, rate * args.chunk_ms // 1000)
-    async with connect(stream_url(args.url), compression=None, max_size=None) as ws:
+    async with connect(
+        stream_url(args.url), compression=None, max_size=None, additional_headers=auth(args)
+    ) as ws:
         refused = await _start(ws, args.stream, rate, audio.shape[1])
         if refused is not None:
             print(f"stream: error: {refused}", file=sys.stderr)
@@ -192,7 +205,9 @@ async def stream_mic(args: argparse.Namespace) -> int:
             loop.call_soon_threadsafe(_offer, blocks, data)
 
     device = int(args.device) if args.device is not None and args.device.isdigit() else args.device
-    async with connect(stream_url(args.url), compression=None, max_size=None) as ws:
+    async with connect(
+        stream_url(args.url), compression=None, max_size=None, additional_headers=auth(args)
+    ) as ws:
         refused = await _start(ws, args.stream, args.rate, 1)
         if refused is not None:
             print(f"stream: error: {refused}", file=sys.stderr)
