@@ -13,10 +13,10 @@ import sys
 from collections.abc import Sequence
 
 from voiceid import __version__
-from voiceid.cli import bench, demo, doctor, embed, evaluate, models, profiles, run, token
+from voiceid.cli import bench, demo, doctor, embed, evaluate, keys, models, profiles, run, token
 from voiceid.errors import VoiceidError
 
-COMMANDS = (models, embed, run, demo, bench, profiles, evaluate, doctor, token)
+COMMANDS = (models, embed, run, demo, bench, profiles, evaluate, doctor, keys, token)
 
 
 def build_parser() -> argparse.ArgumentParser:

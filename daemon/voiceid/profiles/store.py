@@ -14,6 +14,15 @@ Durability and privacy rules:
 * Schema changes are forward migrations (:data:`MIGRATIONS`); the version lives in
   the ``schema_version`` table and the file carries ``PRAGMA application_id``
   :data:`APPLICATION_ID` ("VCID").
+* Templates at rest (schema v2): opened with a key (:class:`TemplateKey`), every
+  centroid and utterance embedding BLOB is AES-256-GCM encrypted, bound to its
+  (profile id, kind, index) (:mod:`voiceid.security.templates`). The ``meta`` table
+  holds the key's id (never the key); each vector row says whether it is encrypted
+  (``enc``), and an encrypted database refuses rows in clear. Opening an encrypted
+  database without its key, or with another key, is a ``StoreError``; a database that
+  holds profiles in clear is encrypted only on request (``encrypt=True``, i.e.
+  ``voiceid profiles encrypt``), never silently. :meth:`ProfileStore.rotate_key`
+  re-encrypts everything in one transaction.
 
 The export format is documented in ``docs/profiles-format.md``.
 """
@@ -40,7 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from voiceid.errors import ProfileError, StoreError
+from voiceid.errors import ConfigError, ProfileError, StoreError
 from voiceid.paths import state_dir
 from voiceid.profiles.model import (
     Profile,
@@ -53,6 +62,7 @@ from voiceid.profiles.model import (
     check_vector,
     looks_like_id,
 )
+from voiceid.security.templates import OVERHEAD, Kind, TemplateAuthError, TemplateKey
 
 log = logging.getLogger(__name__)
 
@@ -117,11 +127,58 @@ CREATE TABLE thresholds (
 PRAGMA application_id = 1447250244;
 """
 
+# v2: encryption of templates at rest. ``meta`` holds the key id of an encrypted
+# database; vector rows get an ``enc`` flag, and their length check allows the
+# AES-GCM overhead (29 bytes) for encrypted rows. SQLite cannot change a CHECK
+# constraint in place, so both vector tables are rebuilt (children only: no other
+# table references them).
+_V2 = f"""
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY NOT NULL,
+    value TEXT NOT NULL
+);
+
+CREATE TABLE centroids_v2 (
+    profile_id TEXT NOT NULL REFERENCES profiles (id) ON DELETE CASCADE,
+    idx        INTEGER NOT NULL CHECK (idx >= 0),
+    kind       TEXT NOT NULL DEFAULT 'mean',
+    dim        INTEGER NOT NULL CHECK (dim > 0),
+    enc        INTEGER NOT NULL DEFAULT 0 CHECK (enc IN (0, 1)),
+    vector     BLOB NOT NULL CHECK (length(vector) = 4 * dim + {OVERHEAD} * enc),
+    PRIMARY KEY (profile_id, idx)
+);
+INSERT INTO centroids_v2 (profile_id, idx, kind, dim, enc, vector)
+    SELECT profile_id, idx, kind, dim, 0, vector FROM centroids;
+DROP TABLE centroids;
+ALTER TABLE centroids_v2 RENAME TO centroids;
+
+CREATE TABLE utterances_v2 (
+    profile_id TEXT NOT NULL REFERENCES profiles (id) ON DELETE CASCADE,
+    idx        INTEGER NOT NULL CHECK (idx >= 0),
+    dim        INTEGER NOT NULL CHECK (dim > 0),
+    enc        INTEGER NOT NULL DEFAULT 0 CHECK (enc IN (0, 1)),
+    embedding  BLOB NOT NULL CHECK (length(embedding) = 4 * dim + {OVERHEAD} * enc),
+    speech_s   REAL NOT NULL,
+    source     TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (profile_id, idx)
+);
+INSERT INTO utterances_v2 (profile_id, idx, dim, enc, embedding, speech_s, source)
+    SELECT profile_id, idx, dim, 0, embedding, speech_s, source FROM utterances;
+DROP TABLE utterances;
+ALTER TABLE utterances_v2 RENAME TO utterances;
+"""
+
 #: ``MIGRATIONS[i]`` upgrades a database from schema version ``i`` to ``i + 1``.
 #: Version 0 is an empty file. Never edit a released script: append a new one.
-MIGRATIONS: list[str] = [_V1]
+MIGRATIONS: list[str] = [_V1, _V2]
 
-_TABLES = frozenset({"schema_version", "profiles", "centroids", "utterances", "thresholds"})
+_TABLES = frozenset({"schema_version", "profiles", "centroids", "utterances", "thresholds", "meta"})
+#: The ``meta`` row holding the id of the key an encrypted database was written with.
+KEY_ID = "key_id"
+_KEY_HINT = (
+    "configure security.profile_key_file (or security.profile_key_credential); "
+    "the key is never stored in the database"
+)
 
 _SQLITE_PERM, _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_READONLY = 3, 5, 6, 8
 _SQLITE_IOERR, _SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_CANTOPEN = 10, 11, 13, 14
@@ -186,6 +243,39 @@ def decode_vector(blob: bytes, dim: int) -> Vector:
     return out
 
 
+class _Codec:
+    """Vectors to BLOBs and back: in clear (``key`` None) or AES-GCM encrypted."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, key: TemplateKey | None) -> None:
+        self.key = key
+
+    @property
+    def key_id(self) -> str | None:
+        return None if self.key is None else self.key.key_id
+
+    def seal(self, vec: Vector, pid: str, kind: Kind, idx: int) -> tuple[int, bytes]:
+        """``(enc, blob)`` of a vector at (profile ``pid``, ``kind``, ``idx``)."""
+        raw = encode_vector(vec)
+        if self.key is None:
+            return 0, raw
+        return 1, self.key.encrypt(raw, profile_id=pid, kind=kind, index=idx)
+
+    def open(self, blob: bytes, enc: int, dim: int, pid: str, kind: Kind, idx: int) -> Vector:
+        """The vector of a row. ``ValueError`` for a malformed or misplaced row (a row in
+        clear in an encrypted database, or the reverse), ``TemplateAuthError`` for one
+        that does not authenticate."""
+        if self.key is None:
+            if enc:
+                raise ValueError(f"{kind} {idx} is encrypted but the database has no key id")
+            return decode_vector(blob, dim)
+        if not enc:
+            raise ValueError(f"{kind} {idx} is stored in clear in an encrypted database")
+        raw = self.key.decrypt(bytes(blob), profile_id=pid, kind=kind, index=idx)
+        return decode_vector(raw, dim)
+
+
 def _check_fingerprint(fingerprint: str) -> str:
     if not isinstance(fingerprint, str) or not fingerprint.strip():
         raise ProfileError("model fingerprint must be a non-empty string")
@@ -245,23 +335,42 @@ class ProfileStore:
     (SQLite locking, writers wait up to ``timeout`` seconds).
     """
 
-    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+    def __init__(
+        self, conn: sqlite3.Connection, path: Path, key: TemplateKey | None = None
+    ) -> None:
         self._conn: sqlite3.Connection | None = conn
         self._path = path
+        self._codec = _Codec(key)
         self._lock = threading.RLock()
+        #: Profiles encrypted while opening (``encrypt=True`` on a database in clear).
+        self.encrypted_on_open = 0
 
     # ---------------------------------------------------------------- open/close
 
     @classmethod
     def open(
-        cls, path: Path | str | None = None, *, timeout: float = 5.0, check: bool = True
+        cls,
+        path: Path | str | None = None,
+        *,
+        timeout: float = 5.0,
+        check: bool = True,
+        key: TemplateKey | None = None,
+        encrypt: bool = False,
     ) -> ProfileStore:
         """Open (creating if needed) the database at ``path``
         (default ``state_dir()/profiles.db``) and migrate it to the current schema.
 
         ``check`` runs ``PRAGMA quick_check`` first. Raises ``StoreError`` for a
         corrupt or foreign file, a newer schema, a locked or unwritable database.
+
+        ``key``: templates are encrypted with it. A new or empty database is bound to
+        the key (its id is stored); an encrypted database must be opened with its key
+        (else ``StoreError``); a database holding profiles in clear is refused unless
+        ``encrypt``, which encrypts all of them in one transaction
+        (:attr:`encrypted_on_open` tells how many).
         """
+        if encrypt and key is None:
+            raise ConfigError("encrypting the profile database needs a key")
         db = Path(path).expanduser() if path is not None else state_dir() / DB_NAME
         try:
             db.parent.mkdir(parents=True, exist_ok=True)
@@ -290,14 +399,28 @@ class ProfileStore:
             raise _translate_sqlite(db, exc) from None
         try:
             _prepare(conn, db, check=check)
+            store = cls(conn, db, key)
+            store.encrypted_on_open = store._bind_key(encrypt=encrypt)
         except BaseException:
             conn.close()
             raise
-        return cls(conn, db)
+        if store.encrypted_on_open:
+            store._checkpoint()  # the templates in clear leave the WAL too
+        return store
 
     @property
     def path(self) -> Path:
         return self._path
+
+    @property
+    def encrypted(self) -> bool:
+        """True when the templates are encrypted (the store was opened with a key)."""
+        return self._codec.key is not None
+
+    @property
+    def key_id(self) -> str | None:
+        """The id of the key the templates are encrypted with (None: in clear)."""
+        return self._codec.key_id
 
     def close(self) -> None:
         with self._lock:
@@ -332,6 +455,7 @@ class ProfileStore:
             try:
                 conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
                 try:
+                    self._check_key(conn)
                     yield conn
                 except BaseException:
                     if conn.in_transaction:
@@ -344,6 +468,120 @@ class ProfileStore:
                     with contextlib.suppress(sqlite3.Error):
                         conn.execute("ROLLBACK")
                 raise _translate_sqlite(self._path, exc) from None
+            except TemplateAuthError as exc:
+                raise StoreError(
+                    f"profile database {self._path}: {exc.message}",
+                    hint="its templates were altered or moved between profiles; "
+                    "restore a backup or re-enroll",
+                ) from None
+
+    def _check_key(self, conn: sqlite3.Connection) -> None:
+        """Refuse to go on when another process encrypted the database or rotated its
+        key since this store opened it (writing with the old key would mix keys)."""
+        stored = _stored_key_id(conn)
+        mine = self._codec.key_id
+        if stored == mine:
+            return
+        if mine is None:
+            raise StoreError(
+                f"profile database {self._path} was encrypted by another process "
+                "since it was opened",
+                hint="restart voiceid with the key configured",
+            )
+        if stored is None:
+            raise _corrupt(self._path, "its key id was removed")
+        raise StoreError(
+            f"the profile key of {self._path} was changed (key id {stored}) since it was "
+            f"opened with key {mine}",
+            hint="restart voiceid with the new key (voiceid key rotate)",
+        )
+
+    def _bind_key(self, *, encrypt: bool) -> int:
+        """Check the key against the database (at open); bind an empty database to it,
+        encrypt one in clear when asked. Returns the number of profiles encrypted."""
+        key = self._codec.key
+        n = 0
+        with self._lock:
+            conn = self._connection()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    stored = _stored_key_id(conn)
+                    if stored is not None:
+                        if key is None:
+                            raise StoreError(
+                                f"profile database {self._path} is encrypted: "
+                                "configure security.profile_key_file",
+                                hint="or security.profile_key_credential; commands read "
+                                "$VOICEID_SECURITY__PROFILE_KEY_FILE; the key it was "
+                                f"encrypted with has key id {stored}",
+                            )
+                        if stored != key.key_id:
+                            raise StoreError(
+                                f"wrong profile key for {self._path}: it was encrypted with "
+                                f"key id {stored}, {key.source} has key id {key.key_id}",
+                                hint="configure the key the database was encrypted with",
+                            )
+                    elif key is not None:
+                        n = int(conn.execute("SELECT count(*) FROM profiles").fetchone()[0])
+                        if n and not encrypt:
+                            raise StoreError(
+                                f"profile database {self._path} holds {n} profile(s) in clear "
+                                "but a profile key is configured",
+                                hint=f"encrypt them once: voiceid --db {self._path} profiles "
+                                "encrypt --key-file FILE (or remove the key from the config)",
+                            )
+                        _reseal(conn, _Codec(None), self._codec)
+                        conn.execute(
+                            "INSERT INTO meta (key, value) VALUES (?, ?)", (KEY_ID, key.key_id)
+                        )
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        with contextlib.suppress(sqlite3.Error):
+                            conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise _translate_sqlite(self._path, exc) from None
+            except (TemplateAuthError, ValueError) as exc:
+                raise _corrupt(self._path, str(exc)) from None
+        if n:
+            log.info("%s: encrypted %d profile(s) with key %s", self._path, n, key and key.key_id)
+        return n
+
+    # ----------------------------------------------------------------- keys
+
+    def rotate_key(self, old: TemplateKey, new: TemplateKey) -> int:
+        """Re-encrypt every template from ``old`` (the key this store was opened with)
+        to ``new``, in one transaction; the store then uses ``new``. Returns the number
+        of profiles. The old ciphertexts are overwritten (secure_delete) and leave the
+        WAL. Other processes that hold the database open with ``old`` refuse to read or
+        write from then on (they must be restarted with ``new``)."""
+        if self._codec.key is None:
+            raise StoreError(
+                f"profile database {self._path} is not encrypted: there is no key to rotate",
+                hint="encrypt it first: voiceid profiles encrypt --key-file FILE",
+            )
+        if old != self._codec.key:
+            raise StoreError(
+                f"the old key ({old.source}, key id {old.key_id}) is not the key of "
+                f"{self._path} (key id {self._codec.key_id})",
+                hint="give the key the database is encrypted with as the old key",
+            )
+        if new == old:
+            raise ConfigError("the new key is the old key", hint="make one: voiceid key new FILE")
+        target = _Codec(new)
+        with self._lock:  # no other thread sees the new key id with the old codec
+            with self._tx(write=True) as conn:
+                try:
+                    n = _reseal(conn, self._codec, target)
+                except ValueError as exc:
+                    raise _corrupt(self._path, str(exc)) from None
+                conn.execute("UPDATE meta SET value = ? WHERE key = ?", (new.key_id, KEY_ID))
+            self._codec = target  # committed
+        self._checkpoint()
+        log.info("%s: %d profile(s) re-encrypted with key %s", self._path, n, new.key_id)
+        return n
 
     def _checkpoint(self) -> None:
         """Move the WAL into the file and truncate it (deleted data leaves the WAL)."""
@@ -394,20 +632,20 @@ class ProfileStore:
         )
         with self._tx(write=True) as conn:
             self._refuse_duplicate(conn, name)
-            _insert(conn, profile)
+            _insert(conn, profile, self._codec)
         return profile
 
     def get(self, name_or_id: str) -> Profile:
         """The profile with this id or (case-insensitive) name; else ``ProfileError``."""
         with self._tx(write=False) as conn:
-            return _load(conn, self._resolve(conn, name_or_id))
+            return _load(conn, self._resolve(conn, name_or_id), self._codec)
 
     def list(self, fingerprint: str | None = None) -> builtins.list[ProfileSummary]:
         """All profiles (or those of one model ``fingerprint``) by name, without
         their utterances."""
         sql = (
             "SELECT p.id, p.name, p.fingerprint, p.model_name, p.created, p.updated,"
-            " p.metadata, c.dim, c.vector,"
+            " p.metadata, c.dim, c.enc, c.vector,"
             " (SELECT count(*) FROM utterances u WHERE u.profile_id = p.id),"
             " (SELECT total(u.speech_s) FROM utterances u WHERE u.profile_id = p.id)"
             " FROM profiles p JOIN centroids c ON c.profile_id = p.id AND c.idx = 0"
@@ -420,14 +658,14 @@ class ProfileStore:
         out: builtins.list[ProfileSummary] = []
         with self._tx(write=False) as conn:
             for row in conn.execute(sql, args):
-                pid, name, fp, model, created, updated, meta, dim, blob, n, speech = row
+                pid, name, fp, model, created, updated, meta, dim, enc, blob, n, speech = row
                 out.append(
                     ProfileSummary(
                         id=pid,
                         name=name,
                         fingerprint=fp,
                         model_name=model,
-                        centroid=self._vector(blob, dim, f"centroid of {name!r}"),
+                        centroid=self._vector(blob, enc, dim, pid, name),
                         n_utterances=int(n),
                         speech_s=float(speech),
                         created=created,
@@ -471,7 +709,7 @@ class ProfileStore:
             fingerprint = _check_fingerprint(fingerprint)
         new_centroid = centroid([u.embedding for u in utts])
         with self._tx(write=True) as conn:
-            old = _load(conn, self._resolve(conn, name_or_id))
+            old = _load(conn, self._resolve(conn, name_or_id), self._codec)
             profile = Profile(
                 id=old.id,
                 name=old.name,
@@ -484,7 +722,7 @@ class ProfileStore:
                 metadata=old.metadata,
             )
             _delete_vectors(conn, old.id)
-            _insert_vectors(conn, profile)
+            _insert_vectors(conn, profile, self._codec)
             conn.execute(
                 "UPDATE profiles SET fingerprint = ?, model_name = ?, updated = ? WHERE id = ?",
                 (profile.fingerprint, profile.model_name, profile.updated, profile.id),
@@ -500,7 +738,7 @@ class ProfileStore:
         fingerprint = _check_fingerprint(fingerprint)
         new = _check_utterances(utterances)
         with self._tx(write=True) as conn:
-            old = _load(conn, self._resolve(conn, name_or_id))
+            old = _load(conn, self._resolve(conn, name_or_id), self._codec)
             if old.fingerprint != fingerprint:
                 raise ProfileError(
                     f"profile {old.name!r} was enrolled with model {old.model_name} "
@@ -520,7 +758,7 @@ class ProfileStore:
                 metadata=old.metadata,
             )
             _delete_vectors(conn, old.id)
-            _insert_vectors(conn, profile)
+            _insert_vectors(conn, profile, self._codec)
             conn.execute(
                 "UPDATE profiles SET updated = ? WHERE id = ?", (profile.updated, profile.id)
             )
@@ -538,7 +776,7 @@ class ProfileStore:
         new_name = check_name(name) if name is not None else None
         meta = check_metadata(metadata) if metadata is not None else None
         with self._tx(write=True) as conn:
-            old = _load(conn, self._resolve(conn, name_or_id))
+            old = _load(conn, self._resolve(conn, name_or_id), self._codec)
             if new_name is not None and new_name.lower() != old.name.lower():
                 self._refuse_duplicate(conn, new_name)
             profile = Profile(
@@ -601,7 +839,8 @@ class ProfileStore:
     def integrity_check(self) -> str:
         """``"ok"``, or one problem per line: SQLite's ``integrity_check`` and
         ``foreign_key_check`` plus voiceid's own invariants (every profile has a
-        centroid 0 and at least one utterance, dimensions agree)."""
+        centroid 0 and at least one utterance, dimensions agree, every template is in
+        the database's form and, when encrypted, authenticates with the key)."""
         problems: builtins.list[str] = []
         with self._tx(write=False) as conn:
             rows = [str(r[0]) for r in conn.execute("PRAGMA integrity_check")]
@@ -626,7 +865,25 @@ class ProfileStore:
                 " JOIN utterances u ON u.profile_id = p.id WHERE u.dim != c.dim"
             ):
                 problems.append(f"profile {name!r} mixes embedding dimensions")
+            problems.extend(self._template_problems(conn))
         return "\n".join(problems) if problems else "ok"
+
+    def _template_problems(self, conn: sqlite3.Connection) -> builtins.list[str]:
+        out: builtins.list[str] = []
+        tables: tuple[tuple[Kind, str, str], ...] = (
+            ("centroid", "centroids", "vector"),
+            ("utterance", "utterances", "embedding"),
+        )
+        for kind, table, column in tables:
+            for pid, name, idx, dim, enc, blob in conn.execute(
+                f"SELECT t.profile_id, p.name, t.idx, t.dim, t.enc, t.{column}"
+                f" FROM {table} t JOIN profiles p ON p.id = t.profile_id"
+            ):
+                try:
+                    self._codec.open(blob, enc, dim, pid, kind, idx)
+                except (ValueError, TemplateAuthError) as exc:
+                    out.append(f"profile {name!r}: {exc}")
+        return out
 
     # ---------------------------------------------------------- export/import
 
@@ -641,7 +898,7 @@ class ProfileStore:
                 ids = [r[0] for r in conn.execute("SELECT id FROM profiles ORDER BY name")]
             else:
                 ids = list(dict.fromkeys(self._resolve(conn, n) for n in names))
-            profiles = [_load(conn, pid) for pid in ids]
+            profiles = [_load(conn, pid, self._codec) for pid in ids]
         doc = {
             "format": EXPORT_FORMAT,
             "version": EXPORT_VERSION,
@@ -684,7 +941,7 @@ class ProfileStore:
                 _delete_profile(conn, pid)
                 replaced = True
             for p in profiles:
-                _insert(conn, p)
+                _insert(conn, p, self._codec)
         if replaced:
             self._checkpoint()
         return [p.name for p in profiles]
@@ -716,11 +973,14 @@ class ProfileStore:
                 hint=f"choose another name, or remove it first: voiceid profiles delete {row[0]}",
             )
 
-    def _vector(self, blob: bytes, dim: int, what: str) -> Vector:
+    def _vector(self, blob: bytes, enc: int, dim: int, pid: str, name: str) -> Vector:
+        """Centroid 0 of profile ``pid``."""
         try:
-            return decode_vector(blob, dim)
+            return self._codec.open(blob, enc, dim, pid, "centroid", 0)
         except ValueError as exc:
-            raise _corrupt(self._path, f"{what}: {exc}") from None
+            raise _corrupt(self._path, f"centroid of {name!r}: {exc}") from None
+        except TemplateAuthError as exc:
+            raise TemplateAuthError(f"profile {name!r}: {exc.message}") from None
 
     def _metadata(self, text: str, name: str) -> dict[str, str]:
         try:
@@ -838,7 +1098,38 @@ def _dump_metadata(metadata: Mapping[str, str]) -> str:
     return json.dumps(dict(metadata), sort_keys=True, ensure_ascii=False)
 
 
-def _insert(conn: sqlite3.Connection, p: Profile) -> None:
+def _stored_key_id(conn: sqlite3.Connection) -> str | None:
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (KEY_ID,)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def _reseal(conn: sqlite3.Connection, old: _Codec, new: _Codec) -> int:
+    """Rewrite every vector BLOB from ``old``'s form to ``new``'s (inside the caller's
+    transaction). Returns the number of profiles touched. ``ValueError`` or
+    ``TemplateAuthError`` for a row ``old`` cannot read (nothing is then committed)."""
+    profiles: set[str] = set()
+    rows = conn.execute("SELECT profile_id, idx, dim, enc, vector FROM centroids").fetchall()
+    for pid, idx, dim, enc, blob in rows:
+        vec = old.open(blob, enc, dim, pid, "centroid", idx)
+        new_enc, new_blob = new.seal(vec, pid, "centroid", idx)
+        conn.execute(
+            "UPDATE centroids SET enc = ?, vector = ? WHERE profile_id = ? AND idx = ?",
+            (new_enc, new_blob, pid, idx),
+        )
+        profiles.add(pid)
+    rows = conn.execute("SELECT profile_id, idx, dim, enc, embedding FROM utterances").fetchall()
+    for pid, idx, dim, enc, blob in rows:
+        vec = old.open(blob, enc, dim, pid, "utterance", idx)
+        new_enc, new_blob = new.seal(vec, pid, "utterance", idx)
+        conn.execute(
+            "UPDATE utterances SET enc = ?, embedding = ? WHERE profile_id = ? AND idx = ?",
+            (new_enc, new_blob, pid, idx),
+        )
+        profiles.add(pid)
+    return len(profiles)
+
+
+def _insert(conn: sqlite3.Connection, p: Profile, codec: _Codec) -> None:
     conn.execute(
         "INSERT INTO profiles (id, name, fingerprint, model_name, created, updated, metadata)"
         " VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -852,21 +1143,24 @@ def _insert(conn: sqlite3.Connection, p: Profile) -> None:
             _dump_metadata(p.metadata),
         ),
     )
-    _insert_vectors(conn, p)
+    _insert_vectors(conn, p, codec)
 
 
-def _insert_vectors(conn: sqlite3.Connection, p: Profile) -> None:
+def _insert_vectors(conn: sqlite3.Connection, p: Profile, codec: _Codec) -> None:
+    enc, blob = codec.seal(p.centroid, p.id, "centroid", 0)
     conn.execute(
-        "INSERT INTO centroids (profile_id, idx, kind, dim, vector) VALUES (?, 0, 'mean', ?, ?)",
-        (p.id, p.dim, encode_vector(p.centroid)),
+        "INSERT INTO centroids (profile_id, idx, kind, dim, enc, vector)"
+        " VALUES (?, 0, 'mean', ?, ?, ?)",
+        (p.id, p.dim, enc, blob),
     )
+    rows = []
+    for i, u in enumerate(p.utterances):
+        enc, blob = codec.seal(u.embedding, p.id, "utterance", i)
+        rows.append((p.id, i, u.dim, enc, blob, u.speech_s, u.source))
     conn.executemany(
-        "INSERT INTO utterances (profile_id, idx, dim, embedding, speech_s, source)"
-        " VALUES (?, ?, ?, ?, ?, ?)",
-        [
-            (p.id, i, u.dim, encode_vector(u.embedding), u.speech_s, u.source)
-            for i, u in enumerate(p.utterances)
-        ],
+        "INSERT INTO utterances (profile_id, idx, dim, enc, embedding, speech_s, source)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        rows,
     )
 
 
@@ -880,31 +1174,33 @@ def _delete_profile(conn: sqlite3.Connection, pid: str) -> None:
     conn.execute("DELETE FROM profiles WHERE id = ?", (pid,))
 
 
-def _load(conn: sqlite3.Connection, pid: str) -> Profile:
+def _load(conn: sqlite3.Connection, pid: str, codec: _Codec) -> Profile:
     row = conn.execute(
         "SELECT p.id, p.name, p.fingerprint, p.model_name, p.created, p.updated, p.metadata,"
-        " c.dim, c.vector FROM profiles p LEFT JOIN centroids c"
+        " c.dim, c.enc, c.vector FROM profiles p LEFT JOIN centroids c"
         " ON c.profile_id = p.id AND c.idx = 0 WHERE p.id = ?",
         (pid,),
     ).fetchone()
     if row is None:
         raise ProfileError(f"no profile with id {pid}", hint=_NAMES_HINT)
-    pid, name, fp, model, created, updated, meta, dim, blob = row
+    pid, name, fp, model, created, updated, meta, dim, enc, blob = row
     if blob is None:
         raise sqlite3.DatabaseError(f"database disk image is malformed: {name!r} has no centroid")
     try:
-        vec = decode_vector(blob, dim)
+        vec = codec.open(blob, enc, dim, pid, "centroid", 0)
         metadata = check_metadata(json.loads(meta))
         utts = tuple(
-            Utterance(decode_vector(e, d), s, src)
-            for d, e, s, src in conn.execute(
-                "SELECT dim, embedding, speech_s, source FROM utterances"
+            Utterance(codec.open(e, en, d, pid, "utterance", i), s, src)
+            for i, d, en, e, s, src in conn.execute(
+                "SELECT idx, dim, enc, embedding, speech_s, source FROM utterances"
                 " WHERE profile_id = ? ORDER BY idx",
                 (pid,),
             )
         )
     except (ValueError, ProfileError) as exc:
         raise sqlite3.DatabaseError(f"database disk image is malformed: {name!r}: {exc}") from None
+    except TemplateAuthError as exc:
+        raise TemplateAuthError(f"profile {name!r}: {exc.message}") from None
     return Profile(
         id=pid,
         name=name,
