@@ -10,6 +10,7 @@ from voiceid.models.inference import Device
 from voiceid.models.registry import Precision
 from voiceid.profiles.index import ProfileIndex
 from voiceid.profiles.store import ProfileStore
+from voiceid.security.templates import TemplateKey
 
 
 @dataclass
@@ -28,8 +29,10 @@ class App:
         sha256: str | None = None,
         fetch: bool = True,
         precision: Precision = "fp32",
+        key: TemplateKey | None = None,
     ) -> App:
-        store = ProfileStore.open(db)
+        """``key``: the profile templates are encrypted with it (see ProfileStore.open)."""
+        store = ProfileStore.open(db, key=key)
         try:
             embedder = Embedder.load(
                 model,

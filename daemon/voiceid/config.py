@@ -19,7 +19,12 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from voiceid.errors import ConfigError
 
@@ -330,6 +335,10 @@ def load_settings(path: Path | None) -> Settings:
                 f"cannot read config {path}: {exc.strerror}",
                 hint="check the path given to --config",
             ) from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                f"{path}: not UTF-8 text (byte {exc.start})", hint="save the file as UTF-8"
+            ) from None
         try:
             root = yaml.compose(text)
             loaded = yaml.safe_load(text)
@@ -339,13 +348,25 @@ def load_settings(path: Path | None) -> Settings:
             raise ConfigError(
                 f"{where}: invalid YAML: {exc}".splitlines()[0], hint="fix the YAML syntax"
             ) from exc
+        except RecursionError:
+            raise ConfigError(f"{path}: invalid YAML: nested too deeply") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
+        odd = [k for k in loaded if not isinstance(k, str)]
+        if odd:
+            raise ConfigError(
+                f"{path}: {odd[0]!r} is not a section name",
+                hint="top-level keys are section names such as model, stream, websocket",
+            )
         data = loaded
     try:
         return Settings(**data)
+    except SettingsError as exc:  # a VOICEID_* variable that is not valid JSON
+        raise ConfigError(
+            f"invalid environment: {exc}", hint="check the VOICEID_* variables"
+        ) from None
     except ValidationError as exc:
         lines = format_errors(exc, path, root)
         raise ConfigError(

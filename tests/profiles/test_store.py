@@ -65,7 +65,8 @@ def test_pragmas_and_schema(store: ProfileStore, db: Path) -> None:
     conn = sqlite3.connect(db)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert conn.execute("PRAGMA application_id").fetchone()[0] == store_mod.APPLICATION_ID
-    assert conn.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+    version = store_mod.schema_version()
+    assert conn.execute("SELECT version FROM schema_version").fetchall() == [(version,)]
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert {"profiles", "centroids", "utterances", "thresholds", "schema_version"} <= tables
     conn.close()
@@ -344,7 +345,8 @@ def test_v0_empty_files_are_migrated(tmp_path: Path) -> None:
             assert s.count() == 0
             s.add("a", "fp", "m", utts(1))
         conn = sqlite3.connect(path)
-        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+        version = store_mod.schema_version()
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(version,)]
         conn.close()
 
 
@@ -370,11 +372,12 @@ def test_forward_migration(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     make_v1_fixture(path)
     v2 = "ALTER TABLE profiles ADD COLUMN note TEXT NOT NULL DEFAULT ''; -- a comment; with ;\n"
     v2 += "CREATE INDEX centroids_kind ON centroids (kind);"
+    current = store_mod.schema_version()
     monkeypatch.setattr(store_mod, "MIGRATIONS", [*store_mod.MIGRATIONS, v2])
     with ProfileStore.open(path) as s:
         assert s.get("Legacy").id == V1_ID
     conn = sqlite3.connect(path)
-    assert conn.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
+    assert conn.execute("SELECT version FROM schema_version").fetchall() == [(current + 1,)]
     assert conn.execute("SELECT note FROM profiles").fetchall() == [("",)]
     conn.close()
 
@@ -383,11 +386,13 @@ def test_failed_migration_rolls_back(tmp_path: Path, monkeypatch: pytest.MonkeyP
     path = tmp_path / "v1.db"
     make_v1_fixture(path)
     bad = "CREATE TABLE half_done (a); INSERT INTO no_such_table VALUES (1);"
+    current = store_mod.schema_version()
     monkeypatch.setattr(store_mod, "MIGRATIONS", [*store_mod.MIGRATIONS, bad])
     with pytest.raises(StoreError):
         ProfileStore.open(path)
     conn = sqlite3.connect(path)
-    assert conn.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+    # the good migrations (v1 -> current) are committed one by one; the bad one is not
+    assert conn.execute("SELECT version FROM schema_version").fetchall() == [(current,)]
     assert conn.execute("SELECT 1 FROM sqlite_master WHERE name='half_done'").fetchall() == []
     conn.close()
 

@@ -19,6 +19,9 @@ from voiceid.frontend.base import Float32Array
 
 #: What libsndfile ≥ 1.1 reads (the common ones; ``soundfile.available_formats()`` has all).
 SUPPORTED_FORMATS = "WAV, FLAC, OGG (Vorbis, Opus), MP3, AIFF, CAF, W64/RF64, AU"
+#: Longest file decoded (seconds): bounds memory whatever the file or its header claims.
+MAX_DURATION_S = 3600.0
+_BLOCK_FRAMES = 1 << 18
 
 
 def _formats_hint() -> str:
@@ -70,7 +73,7 @@ def load_audio(
             total = int(f.frames)
             first, last = _frame_range(p, total, rate_in, start, end)
             f.seek(first)
-            data = f.read(last - first, dtype="float32", always_2d=True)
+            data = _read_frames(f, last - first, max_frames=int(MAX_DURATION_S * rate_in))
     except PermissionError as err:
         raise AudioError(
             f"no permission to read audio file {p}", hint="check the file's permissions"
@@ -94,6 +97,31 @@ def load_audio(
     if rate_in != sample_rate:
         mono = np.asarray(soxr.resample(mono, rate_in, sample_rate, quality="HQ"), np.float32)
     return mono
+
+
+def _read_frames(f: sf.SoundFile, frames: int, *, max_frames: int) -> Float32Array:
+    """Up to ``frames`` frames [n, channels], read in blocks until the end of the data.
+
+    Never allocates for the frame count the header claims: a damaged or crafted header
+    (an MP3 Xing frame count, say) can claim 10^12 frames for a 3 kB file.
+    """
+    blocks: list[Float32Array] = []
+    left, total = frames, 0
+    while left > 0:
+        block = f.read(min(left, _BLOCK_FRAMES), dtype="float32", always_2d=True)
+        if block.shape[0] == 0:
+            break
+        blocks.append(block)
+        left -= block.shape[0]
+        total += block.shape[0]
+        if total > max_frames:
+            raise AudioError(
+                f"{f.name}: longer than {MAX_DURATION_S / 60:g} minutes",
+                hint="cut it into shorter recordings",
+            )
+    if not blocks:
+        return np.zeros((0, f.channels), dtype=np.float32)
+    return np.concatenate(blocks) if len(blocks) > 1 else blocks[0]
 
 
 def _frame_range(

@@ -345,6 +345,7 @@ def check_mqtt(ctx: Context) -> Check:
 
 def check_database(ctx: Context) -> Check:
     from voiceid.profiles.store import DB_NAME, ProfileStore
+    from voiceid.security.templates import profile_key
 
     db = ctx.db or ctx.settings.db or paths.state_dir() / DB_NAME
     db = Path(db).expanduser()
@@ -363,7 +364,7 @@ def check_database(ctx: Context) -> Check:
             details,
         )
     try:
-        with ProfileStore.open(db) as store:
+        with ProfileStore.open(db, key=profile_key(ctx.settings.security)) as store:
             report = store.integrity_check()
             profiles = store.list()
     except VoiceidError as exc:

@@ -106,10 +106,11 @@ def stored_threshold(args: argparse.Namespace, embedder: Embedder) -> float:
     """The threshold set with `voiceid threshold set` for this model, else the card's."""
     from voiceid.paths import state_dir
     from voiceid.profiles.store import DB_NAME, ProfileStore
+    from voiceid.security.templates import env_profile_key
 
     db = args.db or state_dir() / DB_NAME
     if Path(db).is_file():
-        with ProfileStore.open(db, check=False) as store:
+        with ProfileStore.open(db, check=False, key=env_profile_key()) as store:
             stored = store.get_threshold(embedder.fingerprint)
             if stored is not None:
                 return stored

@@ -32,6 +32,7 @@ from voiceid.profiles.scoring import (
     score,
 )
 from voiceid.profiles.store import ProfileStore
+from voiceid.security.templates import env_profile_key
 
 _DEFAULTS = EnrollmentPolicy()
 
@@ -148,7 +149,9 @@ def _register_threshold(sub: Any) -> None:
 
 @contextmanager
 def _app(args: argparse.Namespace) -> Iterator[App]:
-    app = App.open(args.model, db=args.db, device=args.device, threads=args.threads)
+    app = App.open(
+        args.model, db=args.db, device=args.device, threads=args.threads, key=env_profile_key()
+    )
     try:
         yield app
     finally:
@@ -157,7 +160,7 @@ def _app(args: argparse.Namespace) -> Iterator[App]:
 
 @contextmanager
 def _store(args: argparse.Namespace) -> Iterator[ProfileStore]:
-    with ProfileStore.open(args.db) as store:
+    with ProfileStore.open(args.db, key=env_profile_key()) as store:
         yield store
 
 

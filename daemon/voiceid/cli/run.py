@@ -17,6 +17,7 @@ from voiceid.errors import ConfigError
 from voiceid.frontend import make_frontend
 from voiceid.runtime.daemon import run_daemon, stream_config
 from voiceid.security import check_auth_config
+from voiceid.security.templates import profile_key
 from voiceid.stream.pipeline import run_file
 
 
@@ -73,7 +74,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_stream(args: argparse.Namespace) -> int:
     settings = _settings(args.config)
-    app = App.open(args.model, db=args.db, device=args.device, threads=args.threads)
+    app = App.open(
+        args.model,
+        db=args.db,
+        device=args.device,
+        threads=args.threads,
+        key=profile_key(settings.security),
+    )
     try:
         threshold = app.stream_threshold(
             args.threshold if args.threshold is not None else settings.decision.threshold

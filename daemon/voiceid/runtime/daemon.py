@@ -38,6 +38,7 @@ from voiceid.errors import ConfigError, VoiceidError
 from voiceid.runtime import metrics, notify
 from voiceid.runtime.hub import EngineConfig, Hub
 from voiceid.security import Security, check_auth_config
+from voiceid.security.templates import profile_key
 from voiceid.sinks.stdout import write_events
 from voiceid.stream.decide import DecisionConfig
 from voiceid.stream.engine import EngineStats
@@ -206,6 +207,12 @@ class Daemon:
         cfg = self.settings
         check_auth_config(cfg)  # no tokens: loopback binds only (ConfigError); warns if open
         register_local_models(cfg)
+        key = profile_key(cfg.security)  # a bad key file fails before the model loads
+        if key is None:
+            log.warning(
+                "profiles are stored in clear: set security.profile_key_file to encrypt them "
+                "(voiceid key new FILE; voiceid profiles encrypt --key-file FILE)"
+            )
         notify.status("loading model")
         try:
             self.app = app = await asyncio.to_thread(
@@ -217,6 +224,7 @@ class Daemon:
                 sha256=cfg.model.sha256,
                 fetch=cfg.model.fetch,
                 precision=cfg.model.precision,
+                key=key,
             )
             try:
                 await self._serve(app)

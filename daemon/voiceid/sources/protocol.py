@@ -302,6 +302,10 @@ class StreamSession:
         self.bytes = 0  # audio bytes received
 
     def receive(self, message: str | bytes | bytearray | memoryview) -> Command:
+        if not isinstance(message, str | bytes | bytearray | memoryview):
+            raise ProtocolError(
+                f"a message must be a text or binary frame, got {type(message).__name__}"
+            )
         if self.phase is Phase.AWAIT_START:
             if not isinstance(message, str):
                 raise ProtocolError(

@@ -35,6 +35,9 @@ from voiceid.stream.ring import FrameRing, SampleRing
 from voiceid.stream.vad import FRAME_S, VadConfig, VoiceGate
 
 Clock = Callable[[], float]
+#: Float samples beyond this are refused (full scale is 1; 60 dB of headroom for sloppy
+#: gain staging, far below where the front-end's power sums overflow float32, ~1e17).
+MAX_SAMPLE_ABS = 1000.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,4 +263,10 @@ def _checked(samples: ArrayLike) -> NDArray[np.float32]:
         )
     if not np.isfinite(x).all():
         raise ProtocolError("audio contains NaN or infinite samples", hint="send PCM audio")
+    peak = float(np.abs(x).max(initial=0.0))
+    if peak > MAX_SAMPLE_ABS:  # squares overflow float32 in the front-end: NaN features
+        raise ProtocolError(
+            f"audio samples must be in [-1, 1], got a peak of {peak:.3g}",
+            hint="scale integer PCM by 1/32768",
+        )
     return x
