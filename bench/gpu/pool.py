@@ -1,0 +1,308 @@
+"""Prototype of the scale-out design: front-end worker processes + one GPU process.
+
+    python3 bench/gpu/pool.py --workers 14 --streams 4200 [--chunk-ms 20] [--duration 15]
+                              [--max-batch 512] [--audio DIR] [--out FILE]
+
+Each worker process owns ``streams / workers`` streams and runs everything per stream
+that the daemon runs on the event loop today - VAD, Kaldi fbank, hop scheduling, CMN
+(``StreamCore.feed``), scoring and the decider (``StreamCore.on_embedding``) - on its
+own core. Windows go to the GPU process (this one) in one message per worker and tick
+(fp16 features [n, T, 80] + ids, over a pipe); the GPU process feeds them into the
+daemon's own ``BatchEngine`` (one engine, one CUDA context, large batches across all
+workers) and sends the embeddings back per worker and batch. Latency is measured in
+the worker: from the moment a hop's last sample was fed to the moment its embedding
+reached the decider (both directions of IPC included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import resource
+import statistics
+import threading
+import time
+from collections.abc import Sequence
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def _pct(xs: list[float], q: float) -> float:
+    if not xs:
+        return float("nan")
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+def worker(
+    wid: int,
+    n: int,
+    args: dict[str, Any],
+    t0: float,
+    to_gpu: Connection,
+    from_gpu: Connection,
+    out: Any,
+) -> None:
+    """One front-end process: ``n`` streams paced in real time from ``t0``."""
+    from voiceid.benchmarks.streams import random_index, speech_loop
+    from voiceid.frontend import make_frontend
+    from voiceid.models import registry
+    from voiceid.stream.decide import DecisionConfig
+    from voiceid.stream.pipeline import StreamConfig, StreamCore
+    from voiceid.stream.scheduler import SchedulerConfig, SilentHop, WindowRequest
+
+    card = registry.card("wespeaker-resnet34-random")
+    cfg = StreamConfig(
+        scheduler=SchedulerConfig(hop_s=args["hop_s"], window_s=args["window_s"]),
+        decision=DecisionConfig(enter=card.threshold),
+    )
+    scorer = random_index("x", card.dim)
+    audio = speech_loop(Path(args["audio"]), 120.0)
+    cores = [StreamCore(f"w{wid}-{i}", make_frontend(card.frontend), cfg) for i in range(n)]
+    chunk = 16000 * args["chunk_ms"] // 1000
+    offsets = [((wid * 7919 + i * 104729) * 160) % (len(audio) - chunk) for i in range(n)]
+    pending: dict[int, tuple[int, WindowRequest]] = {}
+    lat: list[float] = []
+    lags: list[float] = []
+    next_id = 0
+    sent = scored = lost = 0
+
+    def take_results(block_s: float = 0.0) -> None:
+        nonlocal scored
+        while from_gpu.poll(block_s):
+            block_s = 0.0
+            ids, embs = from_gpu.recv()
+            now = time.time()
+            for k, e in zip(ids.tolist(), embs, strict=True):
+                got = pending.pop(k, None)
+                if got is None:
+                    continue
+                i, req = got
+                cores[i].on_embedding(req, e, scorer)
+                lat.append((now - req.fed_at) * 1000.0)
+                scored += 1
+
+    ticks = int(args["duration"] * 1000 / args["chunk_ms"])
+    if args["stagger"]:
+        # streams that started at different times: stream g of G (over all workers) is
+        # g/G of a hop ahead, so hop ends spread evenly over the hop instead of all
+        # falling in one tick (the aligned case is the worst case: everyone at once)
+        hop = round(args["hop_s"] * 16000)
+        for i, core in enumerate(cores):
+            g = wid + i * args["workers"]
+            ahead = (g * hop // args["total"]) // chunk * chunk
+            if ahead:
+                for hop_ in core.feed(audio[offsets[i] : offsets[i] + ahead]):
+                    if isinstance(hop_, SilentHop):
+                        core.on_silent(hop_)
+                offsets[i] += ahead
+    cpu0 = time.process_time()
+    for k in range(ticks):
+        due = t0 + (k + 1) * args["chunk_ms"] / 1000  # chunk k has "happened" then
+        delay = due - time.time()
+        if delay > 0:
+            take_results(delay)  # wait for the tick while taking results
+            delay = due - time.time()
+            if delay > 0:
+                time.sleep(delay)
+        else:
+            lags.append(-delay)
+        by_t: dict[int, tuple[list[int], list[np.ndarray]]] = {}
+        for i, core in enumerate(cores):
+            start = (offsets[i] + k * chunk) % (len(audio) - chunk)
+            for hop in core.feed(audio[start : start + chunk]):
+                if isinstance(hop, SilentHop):
+                    core.on_silent(hop)
+                    continue
+                pending[next_id] = (i, hop)
+                ids, feats = by_t.setdefault(hop.feats.shape[0], ([], []))
+                ids.append(next_id)
+                feats.append(hop.feats)
+                next_id += 1
+        for ids, feats in by_t.values():
+            to_gpu.send((wid, np.asarray(ids, np.int64), np.stack(feats).astype(np.float16)))
+            sent += len(ids)
+        take_results()
+    end = time.time() + 2.0
+    while pending and time.time() < end:
+        take_results(0.05)
+    lost = len(pending)
+    cpu = time.process_time() - cpu0
+    out.put(
+        {
+            "wid": wid,
+            "streams": n,
+            "sent": sent,
+            "scored": scored,
+            "lost": lost,
+            "lat": lat,
+            "max_lag_ms": 1000 * max(lags, default=0.0),
+            "cpu_s": cpu,
+            "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        }
+    )
+
+
+def load_model(a: argparse.Namespace) -> Any:
+    """The GPU process's model, every (batch, frames) bucket built and warmed."""
+    from voiceid.models import registry
+    from voiceid.models.inference import EmbeddingModel
+    from voiceid.stream.engine import batch_buckets
+
+    resolved = registry.resolve("wespeaker-resnet34-random", fetch=True)
+    model = EmbeddingModel(resolved.path, resolved.card, device=a.device)
+    model.prepare((b, t) for t in (98, 148, 198) for b in batch_buckets(a.max_batch))
+    return model
+
+
+def run(n_streams: int, a: argparse.Namespace, model: Any) -> dict[str, Any]:
+    from voiceid.benchmarks.streams import GpuSampler
+    from voiceid.stream.engine import BatchEngine, EmbedResult
+    from voiceid.stream.scheduler import WindowRequest
+
+    ctx = mp.get_context("spawn")
+    out: Any = ctx.Queue()
+    shares = [n_streams // a.workers + (i < n_streams % a.workers) for i in range(a.workers)]
+    pipes_in = [ctx.Pipe(duplex=False) for _ in range(a.workers)]  # worker -> gpu
+    pipes_out = [ctx.Pipe(duplex=False) for _ in range(a.workers)]  # gpu -> worker
+    args = {
+        "hop_s": a.hop,
+        "window_s": a.window,
+        "chunk_ms": a.chunk_ms,
+        "duration": a.duration,
+        "audio": str(a.audio),
+        "stagger": not a.aligned,
+        "workers": a.workers,
+        "total": n_streams,
+    }
+    t0 = time.time() + a.setup
+    procs = [
+        ctx.Process(
+            target=worker,
+            args=(w, shares[w], args, t0, pipes_in[w][1], pipes_out[w][0], out),
+            daemon=True,
+        )
+        for w in range(a.workers)
+    ]
+    for p in procs:
+        p.start()
+    send_locks = [threading.Lock() for _ in range(a.workers)]
+
+    def deliver(results: Sequence[EmbedResult]) -> None:
+        by_w: dict[int, tuple[list[int], list[np.ndarray]]] = {}
+        for r in results:
+            if r.embedding is None:
+                continue
+            ids, embs = by_w.setdefault(int(r.request.stream), ([], []))
+            ids.append(r.request.seq)
+            embs.append(r.embedding)
+        for w, (ids, embs) in by_w.items():
+            with send_locks[w]:
+                pipes_out[w][1].send((np.asarray(ids, np.int64), np.stack(embs)))
+
+    engine = BatchEngine(
+        model.embed,
+        deliver,
+        max_batch=a.max_batch,
+        max_wait_ms=a.max_wait_ms,
+        max_pending=1 << 16,
+        pad_batches=True,
+    )
+    received = [0]
+    refused = [0]
+
+    def receive(w: int) -> None:
+        conn = pipes_in[w][0]
+        while True:
+            try:
+                wid, ids, feats = conn.recv()
+            except (EOFError, OSError):
+                return
+            x = feats.astype(np.float32)
+            for k, f in zip(ids.tolist(), x, strict=True):
+                req = WindowRequest(str(wid), k, 0, 0.0, f, 0.0, 0.0)
+                if not engine.submit(req):
+                    refused[0] += 1
+            received[0] += len(ids)
+
+    threads = [threading.Thread(target=receive, args=(w,), daemon=True) for w in range(a.workers)]
+    for t in threads:
+        t.start()
+    with GpuSampler() as gpu:
+        reports = [out.get(timeout=a.setup + a.duration + 120) for _ in procs]
+    for p in procs:
+        p.join(10)
+    stats = engine.stats()
+    engine.close()
+    lat = [x for r in reports for x in r["lat"]]
+    sent = sum(r["sent"] for r in reports)
+    scored = sum(r["scored"] for r in reports)
+    res = {
+        "workers": a.workers,
+        "streams": n_streams,
+        "chunk_ms": a.chunk_ms,
+        "aligned": a.aligned,
+        "max_batch": a.max_batch,
+        "max_wait_ms": a.max_wait_ms,
+        "windows_per_s": round(scored / a.duration, 1),
+        "sent": sent,
+        "scored": scored,
+        "lost": sum(r["lost"] for r in reports),
+        "refused": refused[0],
+        "p50_ms": round(statistics.median(lat), 1) if lat else None,
+        "p99_ms": round(_pct(lat, 0.99), 1),
+        "max_ms": round(max(lat), 1) if lat else None,
+        "max_lag_ms": round(max(r["max_lag_ms"] for r in reports), 1),
+        "worker_cpu_per_s_max": round(max(r["cpu_s"] for r in reports) / a.duration, 2),
+        "batches": stats.batches,
+        "mean_batch": round(stats.windows / stats.batches, 1) if stats.batches else 0.0,
+        "gpu_util": gpu.mean(),
+        "gpu_util_max": gpu.max(),
+        "gpu_proc_cpu_s": round(time.process_time(), 1),
+    }
+    res["holds"] = bool(
+        res["lost"] == 0
+        and res["refused"] == 0
+        and scored == sent
+        and res["max_lag_ms"] < 1000 * a.hop
+        and lat
+        and res["p99_ms"] <= a.p99_ms
+    )
+    return res
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--workers", type=int, default=14)
+    ap.add_argument("--streams", type=int, nargs="+", default=[2800])
+    ap.add_argument("--duration", type=float, default=15.0)
+    ap.add_argument("--chunk-ms", type=int, default=20)
+    ap.add_argument("--hop", type=float, default=0.5)
+    ap.add_argument("--window", type=float, default=2.0)
+    ap.add_argument("--max-batch", type=int, default=512)
+    ap.add_argument("--max-wait-ms", type=float, default=5.0)
+    ap.add_argument("--p99-ms", type=float, default=100.0)
+    ap.add_argument("--setup", type=float, default=8.0, help="seconds before t0")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument(
+        "--aligned", action="store_true", help="all streams' hops end together (worst case)"
+    )
+    ap.add_argument("--audio", type=Path, required=True)
+    ap.add_argument("--out", type=Path, default=None)
+    a = ap.parse_args()
+    model = load_model(a)
+    for n in a.streams:
+        r = run(n, a, model)
+        print(json.dumps(r), flush=True)
+        if a.out:
+            with a.out.open("a") as f:
+                f.write(json.dumps(r) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

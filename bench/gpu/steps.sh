@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# The GPU-machine measurements of docs/performance.md, in the order they were run.
+# Each step is one `run` command (after `source bench/gpu/setup.sh`):
+#   bash bench/gpu/steps.sh N
+# Run on an nvidia-h200 (2026-11-21); results: docs/performance.md.
+# Steps 1-4 also carry one part of onnxruntime-gpu each (see setup.sh); 5+ need all of it.
+set -u
+OUT=${OUT:-/tmp/out}
+step=$1
+py() { python3 "$@"; }
+vid() { python3 -m voiceid "$@"; }
+case $step in
+1)
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
+  nproc; free -g | head -2; python3 -V
+  python3 -c 'import torch; print("torch", torch.__version__, torch.cuda.get_device_name(0))'
+  ldconfig -p | grep -i -E 'nvinfer|libcudnn.so' | head -5; python3 -m pip show tensorrt 2>&1 | head -2
+  python3 -c 'import voiceid.benchmarks.streams, voiceid.sources.websocket, voiceid.cli, pynvml; print("imports ok")'
+  timeout 400 python3 bench/gpu/torch_ref.py --compile --out "$OUT/torch.jsonl"
+  ;;
+2)
+  timeout 560 python3 bench/gpu/torch_ref.py --skip-eager --compile 512 128 --compile-budget 240 --out "$OUT/torch.jsonl"
+  ;;
+3)
+  timeout 560 python3 bench/gpu/torch_ref.py --skip-eager --compile 32 1 --compile-budget 200 --out "$OUT/torch.jsonl"
+  ;;
+4)
+  for c in 20 100; do
+    timeout 120 python3 bench/gpu/profile_frontend.py --streams 400 --duration 10 --chunk-ms $c --no-profile --audio "$AUDIO" | tail -1
+  done
+  timeout 200 python3 bench/gpu/profile_frontend.py --streams 400 --duration 10 --top 25 --audio "$AUDIO" | tail -40
+  ;;
+5)  # (the CUDA-graph rungs 6-9, 11 were re-run after a fix: step 5b)
+  timeout 560 python3 bench/gpu/ort_ladder.py --audio "$AUDIO" --out "$OUT/ladder.jsonl"
+  ;;
+5b)
+  timeout 250 python3 bench/gpu/ort_ladder.py --audio "$AUDIO" --rungs 6 7 8 9 11 --out "$OUT/ladder2.jsonl"
+  ;;
+6)
+  timeout 280 python3 -m voiceid bench model --json > "$OUT/model_grid.json"; tail -c 300 "$OUT/model_grid.json"
+  python3 - "$OUT/model_grid.json" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+print(d["gpu"], d["config"])
+for r in d["rows"]:
+    print(f'{r["window_s"]:4} {r["batch"]:4} {r["median_ms"]:8.3f} ms {r["windows_per_s"]:9.1f} win/s  dev {r["device_ms"]} ms {r["device_windows_per_s"]} win/s graph={r["cuda_graph"]}')
+PY
+  timeout 300 python3 -m voiceid bench streams --find-max --start 64 --duration 15 --audio "$AUDIO" --json > "$OUT/streams_inproc.json"
+  python3 -c "import json,sys; d=json.load(open('$OUT/streams_inproc.json')); print('largest', d['largest_holding']); [print({k: r[k] for k in ('streams','windows_per_s','delivered','skipped_hops','mean_batch','p50_ms','p99_ms','max_ms','max_lag_ms','cpu_per_wall','gpu_util','holds')}) for r in d['runs']]"
+  cp "$OUT/streams_inproc.json" /tmp/streams_inproc.json
+  ;;
+7)
+  timeout 330 python3 -m voiceid bench streams --ws --find-max --start 64 --duration 15 --audio "$AUDIO" --json > "$OUT/streams_ws.json"
+  python3 -c "import json,sys; d=json.load(open('$OUT/streams_ws.json')); print('largest', d['largest_holding']); [print({k: r[k] for k in ('streams','windows_per_s','delivered','skipped_hops','mean_batch','p50_ms','p99_ms','max_ms','max_lag_ms','p99_lag_ms','cpu_per_wall','client_cpu_per_wall','gpu_util','holds','extra')}) for r in d['runs']]"
+  best=$(python3 -c "import json; print(json.load(open('/tmp/streams_inproc.json'))['largest_holding'] or 200)" 2>/dev/null || echo 200)
+  n1=$((best * 14 * 8 / 10)); n2=$((best * 14))
+  timeout 250 python3 bench/gpu/sharded.py --procs 14 --streams $n1 $n2 --duration 15 --audio "$AUDIO" --out "$OUT/sharded.jsonl"
+  ;;
+8)  # more sharded configurations, and in-process with 100 ms chunks
+  S="python3 bench/gpu/sharded.py --duration 15 --audio $AUDIO --out $OUT/sharded2.jsonl"
+  timeout 110 $S --procs 14 --streams 2100 2800
+  timeout 60 $S --procs 14 --streams 3404 --max-batch 128 --max-wait-ms 20
+  timeout 60 $S --procs 7 --streams 2100
+  timeout 150 python3 -m voiceid bench streams --find-max --start 256 --duration 12 --chunk-ms 100 --audio "$AUDIO"
+  ;;
+11)  # second machine: first part + all wheels; nothing else fits
+  python3 -c 'import voiceid.benchmarks.streams, voiceid.sources.websocket, voiceid.cli; print("imports ok")'
+  ;;
+12)  # per-stream CPU on this host's core: the tree vs the VAD floor patch (.benchdata/vp)
+  for i in 1 2; do for d in "$PWD/daemon" "$PWD/.benchdata/vp/daemon"; do
+    PYTHONPATH="$d:$PYTHONPATH" timeout 100 python3 bench/gpu/profile_frontend.py --streams 300 --duration 10 --no-profile --audio "$AUDIO" | tail -1 | sed "s|^|$d: |"
+  done; done
+  ;;
+13|14) true ;;
+15)  # onnxruntime-gpu ready: the GPU tests, then the worker-pool prototype
+  mkdir -p /tmp/shared/audio && ln -sfn "$AUDIO" /tmp/shared/audio/librispeech-test-other
+  VOICEID_SHARED=/tmp/shared VOICEID_TEST_CACHE=/tmp/vtc timeout 200 python3 -m pytest -q -p no:cacheprovider tests/models/test_gpu.py 2>&1 | tail -5
+  timeout 330 python3 bench/gpu/pool.py --workers 14 --streams 2800 4200 5600 --chunk-ms 20 --audio "$AUDIO" --out "$OUT/pool.jsonl"
+  ;;
+16)  # the pool prototype, streams staggered over the hop (as if connected at random times)
+  timeout 400 python3 bench/gpu/pool.py --workers 14 --streams 2800 4200 5600 7000 --chunk-ms 20 --audio "$AUDIO" --out "$OUT/pool2.jsonl"
+  ;;
+17)
+  timeout 200 python3 bench/gpu/pool.py --workers 14 --streams 1400 2100 --chunk-ms 20 --audio "$AUDIO" --out "$OUT/pool3.jsonl"
+  timeout 260 python3 bench/gpu/pool.py --workers 14 --streams 2800 4200 5600 --chunk-ms 100 --audio "$AUDIO" --out "$OUT/pool3.jsonl"
+  ;;
+20)  # third machine, after the static_after / lock changes: GPU tests, bench model, staggered streams
+  mkdir -p /tmp/shared/audio && ln -sfn "$AUDIO" /tmp/shared/audio/librispeech-test-other
+  VOICEID_SHARED=/tmp/shared VOICEID_TEST_CACHE=/tmp/vtc timeout 200 python3 -m pytest -q -p no:cacheprovider tests/models/test_gpu.py 2>&1 | tail -4
+  timeout 120 python3 -m voiceid bench model --windows 2.0 --batches 1 32 128 512
+  timeout 300 python3 -m voiceid bench streams --stagger --find-max --start 128 --duration 12 --audio "$AUDIO"
+  ;;
+esac
