@@ -5,9 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from voiceid.models.embedder import Embedder
+from voiceid.models.embedder import Embedder, ModelPrecision
 from voiceid.models.inference import Device
-from voiceid.models.registry import Precision
 from voiceid.profiles.index import ProfileIndex
 from voiceid.profiles.store import ProfileStore
 from voiceid.security.templates import TemplateKey
@@ -28,7 +27,7 @@ class App:
         threads: int | None = None,
         sha256: str | None = None,
         fetch: bool = True,
-        precision: Precision = "fp32",
+        precision: ModelPrecision = "auto",
         key: TemplateKey | None = None,
     ) -> App:
         """``key``: the profile templates are encrypted with it (see ProfileStore.open)."""

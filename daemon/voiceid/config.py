@@ -39,9 +39,10 @@ class ModelSection(_Section):
     threads: int | None = Field(default=None, ge=1, le=256)  # CPU threads per inference
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")  # pin another build
     fetch: bool = True  # download/build the model at start when it is missing
-    # int8: the quantized variant made by `voiceid models quantize` (CPU, ~3x faster for
-    # ResNet34; its own fingerprint: re-enroll). fp32: the model as published
-    precision: Literal["fp32", "int8"] = "fp32"
+    # auto: fp16 convolutions on CUDA (pooling head fp32), fp32 on CPU; int8: the quantized
+    # variant made by `voiceid models quantize` (CPU, ~3x faster for ResNet34; its own
+    # fingerprint: re-enroll)
+    precision: Literal["auto", "fp32", "fp16", "int8"] = "auto"
 
 
 class LocalModel(_Section):

@@ -22,9 +22,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="CPU threads per inference")
     p.add_argument(
         "--precision",
-        choices=["fp32", "int8"],
-        default="fp32",
-        help="int8: the quantized variant (voiceid models quantize)",
+        choices=["auto", "fp32", "fp16", "int8"],
+        default="auto",
+        help="auto: fp16 on CUDA, fp32 on CPU; int8: the quantized variant (models quantize)",
     )
 
 

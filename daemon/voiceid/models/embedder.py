@@ -10,6 +10,7 @@ utterance into one vector, chosen by the model card:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -22,6 +23,7 @@ from voiceid.models.card import ModelCard
 from voiceid.models.inference import Device, EmbeddingModel, l2_normalize
 
 Vector = NDArray[np.float32]
+ModelPrecision = Literal["auto", "fp32", "fp16", "int8"]
 MIN_SPEECH_S = 0.3  # less voiced audio than this: "no speech" (seconds, webrtcvad mode 2)
 MIN_DURATION_S = 0.5  # shorter clips are refused (seconds)
 MIN_LEVEL_SPREAD_DB = 6.0  # steadier than this (dB, see level_spread_db) is not speech
@@ -53,10 +55,19 @@ class Embedder:
         threads: int | None = None,
         fetch: bool = True,
         sha256: str | None = None,
-        precision: registry.Precision = "fp32",
+        precision: ModelPrecision = "auto",
     ) -> Embedder:
-        resolved = registry.resolve(name, fetch=fetch, sha256=sha256, precision=precision)
-        model = EmbeddingModel(resolved.path, resolved.card, device=device, intra_threads=threads)
+        """``precision``: auto (fp16 trunk on CUDA, fp32 on CPU), fp32, fp16, or int8 (the
+        quantized file made by ``voiceid models quantize``, for CPUs)."""
+        variant: registry.Precision = "int8" if precision == "int8" else "fp32"
+        resolved = registry.resolve(name, fetch=fetch, sha256=sha256, precision=variant)
+        model = EmbeddingModel(
+            resolved.path,
+            resolved.card,
+            device=device,
+            intra_threads=threads,
+            precision="fp32" if precision == "int8" else precision,
+        )
         return cls(model, resolved.fingerprint)
 
     @property
