@@ -145,7 +145,10 @@ class Hub:
         spec = self.embedder.card.frontend
         ec = self.engine_config
         sizes = batch_buckets(ec.max_batch) if ec.batch_buckets else (1,)
-        for frames in self.stream_config.scheduler.bucket_frames(spec):
+        buckets = self.stream_config.scheduler.bucket_frames(spec)
+        # GPU: one fixed-shape session + CUDA graph per bucket, built now, not mid-traffic
+        self.embedder.model.prepare([(b, t) for t in buckets for b in sizes])
+        for frames in buckets:
             for b in sizes:
                 self.embedder.embed_features(np.zeros((b, frames, spec.num_bins), np.float32))
 

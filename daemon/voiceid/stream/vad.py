@@ -30,6 +30,7 @@ from voiceid.errors import ConfigError
 from voiceid.stream.ring import FlagRing, Ring
 
 FRAME_S = 0.010  # seconds per voice flag
+FLOOR_EVERY = 10  # sub-windows between two noise-floor updates (300 ms at 30 ms windows)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +86,8 @@ class VoiceGate:
         self._pending = np.zeros(0, dtype=np.float32)
         self._flags = FlagRing(max(1, round(config.history_s / FRAME_S)))
         self._levels = Ring(self._flags.capacity, (), np.float64)  # 10 ms levels, dBFS
+        self._floor: float | None = None  # cached floor_dbfs (see _decide)
+        self._decided = 0  # sub-windows decided since the start (or reset)
 
     @property
     def floor_dbfs(self) -> float:
@@ -135,7 +138,12 @@ class VoiceGate:
         floor = np.empty(windows, dtype=np.float64)
         for w in range(windows):
             self._levels.extend(level[w * per : (w + 1) * per])
-            floor[w] = self.floor_dbfs
+            # recompute every FLOOR_EVERY sub-windows, counted from the stream start
+            # (the flags still do not depend on how the input is chunked)
+            if self._floor is None or self._decided % FLOOR_EVERY == 0:
+                self._floor = self.floor_dbfs
+            self._decided += 1
+            floor[w] = self._floor
         flags = level >= np.repeat(floor, per)
         if self._vad is None:
             flags &= level >= self.config.energy_dbfs
@@ -165,6 +173,8 @@ class VoiceGate:
         self._pending = np.zeros(0, dtype=np.float32)
         self._flags.clear()
         self._levels.clear()
+        self._floor = None
+        self._decided = 0
 
 
 def _percentile(values: NDArray[np.float64], q: float) -> float:
