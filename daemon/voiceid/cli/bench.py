@@ -44,7 +44,12 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="wespeaker-resnet34-random")
     p.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
     p.add_argument("--threads", type=int, default=None, help="CPU threads per operator")
-    p.add_argument("--precision", choices=["auto", "fp32", "fp16"], default="auto")
+    p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "fp16", "int8"],
+        default="auto",
+        help="int8: the quantized file from `voiceid models quantize` (CPU)",
+    )
     p.add_argument(
         "--algo",
         choices=["EXHAUSTIVE", "HEURISTIC", "DEFAULT"],
@@ -65,7 +70,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 
 def load_embedder(args: argparse.Namespace) -> Embedder:
     """An Embedder built from the ``_model_args`` options."""
-    resolved = registry.resolve(args.model, fetch=True)
+    variant: registry.Precision = "int8" if args.precision == "int8" else "fp32"
+    resolved = registry.resolve(args.model, fetch=True, precision=variant)
     opts: dict[str, str] = {}
     for kv in args.cuda_option:
         key, sep, value = kv.partition("=")
@@ -79,7 +85,7 @@ def load_embedder(args: argparse.Namespace) -> Embedder:
         resolved.card,
         device=args.device,
         intra_threads=args.threads,
-        precision=args.precision,
+        precision="fp32" if args.precision == "int8" else args.precision,
         cuda_options=opts,
         io_binding=not args.no_io_binding,
         static_shapes=not args.no_static,
