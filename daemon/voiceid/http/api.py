@@ -362,9 +362,13 @@ ERRORS_INPUT: dict[int | str, dict[str, Any]] = {
 }
 ERRORS_UPLOAD: dict[int | str, dict[str, Any]] = {
     **ERRORS_INPUT,
+    400: _E | {"description": "body not parseable as multipart/form-data"},
     413: _E | {"description": "upload larger than http.max_upload_bytes"},
 }
 ERR_422: dict[int | str, dict[str, Any]] = {422: _E | {"description": "invalid input"}}
+ERR_400: dict[int | str, dict[str, Any]] = {
+    400: _E | {"description": "body not parseable (e.g. JSON that is not UTF-8)"}
+}
 ERR_404: dict[int | str, dict[str, Any]] = {404: _E | {"description": "no such profile"}}
 ERR_409: dict[int | str, dict[str, Any]] = {409: _E | {"description": "conflict"}}
 ERR_SESSION: dict[int | str, dict[str, Any]] = {
@@ -1280,7 +1284,10 @@ def create_app(daemon: Daemon) -> FastAPI:
         tags=["enrollment"],
         status_code=201,
         response_model=EnrollmentState,
-        responses=ERRORS_INPUT | ERR_409 | {429: _E | {"description": "too many open sessions"}},
+        responses=ERRORS_INPUT
+        | ERR_400
+        | ERR_409
+        | {429: _E | {"description": "too many open sessions"}},
         summary="Start an enrollment session (upload utterances one by one)",
     )
     async def start_enrollment(body: EnrollmentRequest) -> EnrollmentState:
@@ -1327,7 +1334,7 @@ def create_app(daemon: Daemon) -> FastAPI:
         tags=["enrollment"],
         status_code=201,
         response_model=ProfileInfo,
-        responses=ERRORS_INPUT | ERR_SESSION | ERR_409,
+        responses=ERRORS_INPUT | ERR_400 | ERR_SESSION | ERR_409,
         summary="Write the profile (422 enrollment_incomplete before the policy is met)",
     )
     async def finish_enrollment(
