@@ -147,7 +147,9 @@ class Hub:
         sizes = batch_buckets(ec.max_batch) if ec.batch_buckets else (1,)
         buckets = self.stream_config.scheduler.bucket_frames(spec)
         # GPU: one fixed-shape session + CUDA graph per bucket, built now, not mid-traffic
-        self.embedder.model.prepare([(b, t) for t in buckets for b in sizes])
+        prepare = getattr(getattr(self.embedder, "model", None), "prepare", None)
+        if prepare is not None:  # (test doubles and plain embedders have none)
+            prepare([(b, t) for t in buckets for b in sizes])
         for frames in buckets:
             for b in sizes:
                 self.embedder.embed_features(np.zeros((b, frames, spec.num_bins), np.float32))
