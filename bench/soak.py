@@ -281,7 +281,7 @@ async def serve_and_soak(args: argparse.Namespace) -> dict[str, Any]:
     embedder = Embedder(model, resolved.fingerprint)
     index, scripts = load_voices(args.audio, args.speakers, args.gap_s, args.max_utt_s, embedder)
     card = embedder.card
-    threshold = card.stream_threshold if card.stream_threshold is not None else card.threshold
+    threshold = card.live_threshold
     hub = Hub(
         embedder,
         index,

@@ -52,7 +52,7 @@ MAX_DELAY_S = 2.0  # the issue's acceptance bound
 
 def stream_threshold(card: ModelCard) -> float:
     """What the daemon uses: the card's window-level threshold (docs/thresholds.md)."""
-    return card.stream_threshold if card.stream_threshold is not None else card.threshold
+    return card.live_threshold
 
 
 IDENTITY = ("speaker_started", "speaker_changed", "unknown_speaker")

@@ -533,10 +533,7 @@ def _streaming(
     if args.threshold is not None:
         threshold = float(args.threshold)
     elif cohort is None:  # what the daemon uses: the window-level threshold of the card
-        card_ = embedder.card
-        threshold = (
-            card_.stream_threshold if card_.stream_threshold is not None else card_.threshold
-        )
+        threshold = embedder.card.live_threshold
     else:
         threshold = far_threshold
     if cohort is not None:

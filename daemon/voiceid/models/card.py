@@ -43,6 +43,11 @@ class ModelCard(BaseModel):
     stream_threshold: float | None = Field(default=None, ge=-1.0, le=1.0)
 
     @property
+    def live_threshold(self) -> float:
+        """The card's threshold for streaming windows (``stream_threshold``, else ``threshold``)."""
+        return self.stream_threshold if self.stream_threshold is not None else self.threshold
+
+    @property
     def frontend_json(self) -> str:
         return json.dumps(self.frontend.model_dump(), sort_keys=True, separators=(",", ":"))
 
