@@ -44,13 +44,14 @@ def vowel(seconds: float, dbfs: float, f0: float = 120.0, seed: int = 0) -> NDAr
 class FakeFrontEnd:
     """Incremental per-frame log-energy features (Kaldi geometry: 400/160, snip_edges).
 
-    Bin k of a frame is ``log10(mean power) + k``. Counts every sample it is given.
+    Bin k of a frame is ``log10(mean power) + k``. Counts every sample and call it is given.
     ``normalize_window`` is the identity (no CMN), so the level survives to the embed.
     """
 
     def __init__(self, num_bins: int = 4) -> None:
         self.spec = FrontEndSpec(kind="kaldi_fbank", num_bins=num_bins)
         self.samples_seen = 0
+        self.calls = 0
         self.normalized = 0
         self._buf = np.zeros(0, dtype=np.float32)
         self._out = 0
@@ -62,6 +63,7 @@ class FakeFrontEnd:
     def accept(self, samples: ArrayLike) -> NDArray[np.float32]:
         x = np.asarray(samples, dtype=np.float32).reshape(-1)
         self.samples_seen += x.size
+        self.calls += 1
         self._buf = np.concatenate([self._buf, x])
         length, shift = self.spec.frame_length, self.spec.frame_shift
         n = 0 if self._buf.size < length else 1 + (self._buf.size - length) // shift

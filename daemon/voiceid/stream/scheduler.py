@@ -17,7 +17,11 @@ in a few fixed buckets (``min_window_s``, + ``hop_s``, ..., ``window_s``: 1.0, 1
 
 Each new sample goes through the front-end once (incremental features); a window is
 never recomputed, only sliced from the frame ring and normalised per window
-(``FrontEnd.normalize_window``, e.g. CMN).
+(``FrontEnd.normalize_window``, e.g. CMN). Samples wait in a pending buffer (< one hop)
+and go through the voice gate and the front-end once per hop, in one call each: the
+flags and frames are the same as sample by sample (both are chunking-independent),
+but a stream fed in 20 ms chunks costs 25 times fewer calls (per-call overhead was
+most of the CPU time of a stream).
 """
 
 from __future__ import annotations
@@ -174,39 +178,48 @@ class HopScheduler:
         self._samples = SampleRing(cfg.window_samples)
         self._frames = FrameRing(self.window_frames, spec.num_bins)
         self.gate = VoiceGate(cfg.vad, cfg.sample_rate)
+        self._hop_samples = cfg.hop_samples
+        self._pending: list[NDArray[np.float32]] = []  # fed since the last hop (< hop)
+        self._fed = 0  # samples fed so far (absolute), pending ones included
 
     @property
     def samples_in(self) -> int:
         """Samples fed so far (absolute)."""
-        return self._samples.total
+        return self._fed
 
     @property
     def stream_time_s(self) -> float:
         """Seconds of audio fed so far."""
-        return self._samples.total / self.config.sample_rate
+        return self._fed / self.config.sample_rate
 
     def feed(self, samples: ArrayLike) -> list[Hop]:
         """Consume new samples (float32 in [-1, 1)); return the hops they complete, in order."""
         now = self._clock()
         x = _checked(samples)
-        hop = self.config.hop_samples
+        hop = self._hop_samples
         out: list[Hop] = []
         i = 0
         while i < x.size:
-            take = hop - self._samples.total % hop  # samples to the next hop boundary
+            take = hop - self._fed % hop  # samples to the next hop boundary
             piece = x[i : i + take]
-            self._push(piece)
+            self._pending.append(piece.copy())  # the caller may reuse its buffer
+            self._fed += piece.size
             i += piece.size
-            if self._samples.total % hop == 0:
+            if self._fed % hop == 0:
+                self._push()
                 marker = self._hop(now)
                 if marker is not None:
                     out.append(marker)
         return out
 
-    def _push(self, piece: NDArray[np.float32]) -> None:
-        self.gate.accept(piece)
-        self._frames.extend(self.frontend.accept(piece))
-        self._samples.extend(piece)
+    def _push(self) -> None:
+        """The pending samples (one hop) through the gate and the front-end, one call each."""
+        pending = self._pending
+        block = pending[0] if len(pending) == 1 else np.concatenate(pending)
+        pending.clear()
+        self.gate.accept(block)
+        self._frames.extend(self.frontend.accept(block))
+        self._samples.extend(block)
 
     def _hop(self, now: float) -> Hop | None:
         cfg = self.config
@@ -261,10 +274,11 @@ def _checked(samples: ArrayLike) -> NDArray[np.float32]:
             f"audio must be a 1-D array of samples, got shape {x.shape}",
             hint="send mono audio",
         )
-    if not np.isfinite(x).all():
-        raise ProtocolError("audio contains NaN or infinite samples", hint="send PCM audio")
-    peak = float(np.abs(x).max(initial=0.0))
-    if peak > MAX_SAMPLE_ABS:  # squares overflow float32 in the front-end: NaN features
+    peak = float(np.abs(x).max(initial=0.0))  # NaN or inf: not ≤ MAX (one pass, not two)
+    if not peak <= MAX_SAMPLE_ABS:
+        if not np.isfinite(x).all():
+            raise ProtocolError("audio contains NaN or infinite samples", hint="send PCM audio")
+        # squares overflow float32 in the front-end: NaN features
         raise ProtocolError(
             f"audio samples must be in [-1, 1], got a peak of {peak:.3g}",
             hint="scale integer PCM by 1/32768",

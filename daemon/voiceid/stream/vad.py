@@ -133,28 +133,42 @@ class VoiceGate:
         if windows == 0:
             return np.zeros(0, dtype=np.bool_)
         level = level_dbfs(pcm.reshape(windows * per, self.frame))
-        # the floor of each sub-window comes from the levels up to and including it, never
-        # from later audio: the flags do not depend on how the input is chunked
-        floor = np.empty(windows, dtype=np.float64)
-        for w in range(windows):
-            self._levels.extend(level[w * per : (w + 1) * per])
-            # recompute every FLOOR_EVERY sub-windows, counted from the stream start
-            # (the flags still do not depend on how the input is chunked)
-            if self._floor is None or self._decided % FLOOR_EVERY == 0:
-                self._floor = self.floor_dbfs
-            self._decided += 1
-            floor[w] = self._floor
-        flags = level >= np.repeat(floor, per)
+        flags = level >= np.repeat(self._floors(level, windows, per), per)
         if self._vad is None:
             flags &= level >= self.config.energy_dbfs
         else:
             by_window = flags.reshape(windows, per)
-            for i in np.flatnonzero(by_window.any(axis=1)):
-                if not self._vad.is_speech(to_pcm16(pcm[i]), self.sample_rate):
+            pcm16 = to_pcm16(pcm.reshape(-1))  # once for the block; sliced per sub-window
+            step = 2 * pcm.shape[1]  # bytes per sub-window
+            for i in np.flatnonzero(by_window.any(axis=1)).tolist():
+                if not self._vad.is_speech(pcm16[i * step : (i + 1) * step], self.sample_rate):
                     by_window[i] = False
             flags = by_window.reshape(-1)
         self._flags.extend(flags)
         return flags
+
+    def _floors(self, level: NDArray[np.float64], windows: int, per: int) -> NDArray[np.float64]:
+        """The floor (dBFS) of each of ``windows`` sub-windows; their levels join the history.
+
+        The floor of a sub-window comes from the levels up to and including it, never from
+        later audio, and is recomputed every ``FLOOR_EVERY`` sub-windows counted from the
+        stream start: the flags do not depend on how the input is chunked. The levels
+        between two recomputations are added in one ring write.
+        """
+        floor = np.empty(windows, dtype=np.float64)
+        w = 0
+        while w < windows:
+            if self._floor is None or self._decided % FLOOR_EVERY == 0:
+                self._levels.extend(level[w * per : (w + 1) * per])
+                self._floor = self.floor_dbfs
+                end = w + 1
+            else:
+                end = min(windows, w + FLOOR_EVERY - self._decided % FLOOR_EVERY)
+                self._levels.extend(level[w * per : end * per])
+            floor[w:end] = self._floor
+            self._decided += end - w
+            w = end
+        return floor
 
     def voiced_frames(self, last_n_frames: int) -> int:
         """Voiced 10 ms frames among the newest ``last_n_frames`` flags (fewer if not yet)."""
