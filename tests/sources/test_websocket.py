@@ -11,7 +11,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import pytest
@@ -531,3 +531,49 @@ def test_stats_count_connections(voices: Voices) -> None:
             assert s.events_out >= len(c.events_seen)
 
     run(main())
+
+
+class SlowEmbedder:
+    """The real embedder, ``delay_s`` slower per batch (a busy or small machine)."""
+
+    def __init__(self, inner: Embedder, delay_s: float) -> None:
+        self._inner, self._delay_s = inner, delay_s
+
+    def embed_features(self, feats: np.ndarray) -> np.ndarray:
+        time.sleep(self._delay_s)
+        return self._inner.embed_features(feats)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def test_client_faster_than_the_model_is_slowed_not_dropped(voices: Voices) -> None:
+    """A file sent at full speed: the server stops reading while 8 s of hops await their
+    embeddings (TCP slows the client); every window is scored, none given up."""
+
+    async def main() -> None:
+        slow = cast(Embedder, SlowEmbedder(voices.embedder, 0.1))
+        hub = Hub(slow, voices.index, stream_config(voices.embedder), EngineConfig(max_batch=4))
+        await hub.start()
+        stats = WebSocketStats()
+        started: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        cfg = WebSocketSection(host="127.0.0.1", port=0)
+        task = asyncio.create_task(serve_websocket(hub, cfg, started=started, stats=stats))
+        d = Daemon(hub, await asyncio.wait_for(started, 10), stats, task)
+        try:
+            client = await Client.stream(d, "file")
+            live = hub.streams["file"]
+            pcm = voices.pcm[voices.names[0]] * 2  # ~2 × 3 utterances, > 60 hops
+            for i in range(0, len(pcm), FRAME_BYTES):
+                await client.ws.send(pcm[i : i + FRAME_BYTES])  # no pause: full speed
+            await client.stop()
+            s = live.core.stats
+            assert stats.throttled > 0
+            assert s.windows > 40 and s.scored == s.windows, s
+            assert (s.dropped, s.skipped, s.errors) == (0, 0, 0), s
+            assert client.of_type("speaker_started")[0]["name"] == voices.names[0]
+        finally:
+            await d.stop()
+            await hub.close()
+
+    run(main(), timeout=120)

@@ -75,6 +75,7 @@ CLOSE_TIMEOUT_S = 5.0  # closing handshake; then the TCP connection is dropped
 FLUSH_TIMEOUT_S = 2.0  # time to send a closing stream's last events
 STOP_SETTLE_S = 5.0  # after stop: time for windows still in the engine to be scored
 SLOW_POLL_S = 0.2  # how often a blocked send checks whether its queue overflowed
+BACKLOG_POLL_S = 0.005  # how often a throttled stream checks whether results came back
 SHUTDOWN_TIMEOUT_S = FLUSH_TIMEOUT_S + CLOSE_TIMEOUT_S + 1.0
 SCOPE: Scope = "stream"  # the token scope both paths need
 
@@ -92,6 +93,7 @@ class WebSocketStats:
     bytes_in: int = 0  # audio bytes received
     events_out: int = 0  # event messages sent (both paths)
     closed_by_client: int = 0  # connections the client closed or dropped
+    throttled: int = 0  # times a stream stopped reading: too many hops awaiting results
     rejected: dict[str, int] = field(default_factory=dict)  # reason -> count
 
     def reject(self, reason: str) -> None:
@@ -274,6 +276,20 @@ class _StreamConnection(_Connection):
                 return
             await asyncio.sleep(0.01)
 
+    @property
+    def _backlog(self) -> int:
+        """Hops awaiting results at which reading pauses: half of what the core keeps."""
+        return max(1, self.live.core.config.max_unresolved // 2)
+
+    async def _throttle(self) -> None:
+        """Back-pressure for clients that send faster than the model embeds (a file sent
+        at full speed): stop reading until the backlog halves. TCP then slows the client;
+        no window is given up (the core would drop the oldest at ``max_unresolved``)."""
+        self.server.stats.throttled += 1
+        core, low = self.live.core, self._backlog // 2
+        while core.unresolved > low and not self.shutting_down and not self.live.closed:
+            await asyncio.sleep(BACKLOG_POLL_S)
+
     async def _receive(self) -> Failure | None:
         """Feed audio until stop (→ NORMAL), a protocol error (→ its Failure) or a close
         by the client (→ None)."""
@@ -293,6 +309,8 @@ class _StreamConnection(_Connection):
                 stats.frames_in += 1
                 stats.bytes_in += len(command.data)
                 live.feed_bytes(command.data)
+                if live.core.unresolved >= self._backlog:
+                    await self._throttle()
             except ProtocolError as exc:
                 stats.reject("bad_audio" if isinstance(message, bytes) else "protocol")
                 log.warning("%s: protocol error: %s", self.label, exc)
