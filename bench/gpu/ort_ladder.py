@@ -73,6 +73,15 @@ RUNGS: list[tuple[str, dict[str, Any]]] = [
     ),
     ("  fp16 whole graph + graph", dict(precision="fp16", fp32_head=False, cuda_options=NHWC)),
     ("  fp32 + NHWC + static + graph", dict(precision="fp32", cuda_options=NHWC)),
+    # session 2: the cuDNN-frontend conv + bias fusion of the CUDA provider
+    (
+        "  fuse_conv_bias=1",
+        dict(precision="fp16", cuda_options={**NHWC, "fuse_conv_bias": "1"}),
+    ),
+    (
+        "  fuse_conv_bias=1, NCHW (FusedConv Conv+ReLU path)",
+        dict(precision="fp16", cuda_options={**NCHW, "fuse_conv_bias": "1"}),
+    ),
 ]
 
 
