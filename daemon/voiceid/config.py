@@ -66,6 +66,9 @@ class StreamSection(_Section):
     vad: Literal["webrtc", "energy"] = "webrtc"
     vad_mode: int = Field(default=2, ge=0, le=3)  # webrtcvad aggressiveness
     energy_dbfs: float = Field(default=-40.0, le=0.0)  # energy gate level
+    # audio per front-end/VAD call; ≥ hop_s: once per hop (least CPU); smaller spreads the
+    # work of streams whose hops end together (lower worst-case latency, more CPU)
+    slice_s: float = Field(default=0.5, ge=0.02, le=5.0)
 
 
 class DecisionSection(_Section):

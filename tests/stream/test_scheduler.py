@@ -288,3 +288,25 @@ def test_bad_input_and_config() -> None:
     fe.spec = FrontEndSpec(kind="kaldi_fbank", sample_rate=8000, num_bins=4)
     with pytest.raises(ConfigError):
         HopScheduler("s", fe)
+
+
+@pytest.mark.parametrize("slice_s", [0.02, 0.1, 0.3, 2.0])
+def test_slices_change_the_calls_not_the_hops(
+    speakers: dict[str, list[Path]], slice_s: float
+) -> None:
+    """Real speech through the webrtc gate and Kaldi fbank: any slice gives the same hops,
+    bit for bit, as one call per hop; only the number of front-end calls differs."""
+    paths = speakers[sorted(speakers)[0]]
+    x = np.concatenate([sf.read(p, dtype="float32")[0] for p in paths[:2]])
+    ref = feed_chunks(HopScheduler("s", KaldiFbank(), SchedulerConfig()), x, 320)
+    cfg = SchedulerConfig(slice_s=slice_s)
+    _same_hops(ref, feed_chunks(HopScheduler("s", KaldiFbank(), cfg), x, 777))
+    fake = FakeFrontEnd()
+    feed_chunks(HopScheduler("s", fake, SchedulerConfig(slice_s=slice_s)), x, 320)
+    hops, per_hop = x.size // 8000, max(1, -(-8000 // round(slice_s * 16000)))
+    assert hops * per_hop <= fake.calls < (hops + 1) * per_hop  # (+ the unfinished hop's)
+
+
+def test_slice_must_be_positive() -> None:
+    with pytest.raises(ConfigError, match="slice_s"):
+        SchedulerConfig(slice_s=0.0)

@@ -45,6 +45,7 @@ DEFAULT_CUDA_OPTIONS: dict[str, str] = {
     "prefer_nhwc": "1",
     "cudnn_conv_algo_search": "EXHAUSTIVE",
     "cudnn_conv_use_max_workspace": "1",
+    "fuse_conv_bias": "1",  # cuDNN-frontend conv + bias fusion: +41 % at B=512 (H200)
 }
 
 

@@ -62,6 +62,7 @@ def stream_config(settings: Settings, threshold: float) -> StreamConfig:
             hop_s=s.hop_s,
             window_s=s.window_s,
             min_voiced_s=s.min_voiced_s,
+            slice_s=s.slice_s,
             vad=VadConfig(kind=s.vad, mode=s.vad_mode, energy_dbfs=s.energy_dbfs),
         ),
         decision=DecisionConfig(
