@@ -60,7 +60,9 @@ def worker(
 
     card = registry.card("wespeaker-resnet34-random")
     cfg = StreamConfig(
-        scheduler=SchedulerConfig(hop_s=args["hop_s"], window_s=args["window_s"]),
+        scheduler=SchedulerConfig(
+            hop_s=args["hop_s"], window_s=args["window_s"], slice_s=args["slice_s"]
+        ),
         decision=DecisionConfig(enter=card.threshold),
     )
     scorer = random_index("x", card.dim)
@@ -264,6 +266,7 @@ def run(n_streams: int, a: argparse.Namespace, model: Any) -> dict[str, Any]:
         "hop_s": a.hop,
         "window_s": a.window,
         "chunk_ms": a.chunk_ms,
+        "slice_s": a.slice_s,
         "duration": a.duration,
         "audio": str(a.audio),
         "stagger": not a.aligned,
@@ -313,6 +316,7 @@ def run(n_streams: int, a: argparse.Namespace, model: Any) -> dict[str, Any]:
         "workers": a.workers,
         "streams": n_streams,
         "chunk_ms": a.chunk_ms,
+        "slice_s": a.slice_s,
         "aligned": a.aligned,
         "max_batch": a.max_batch,
         "max_wait_ms": a.max_wait_ms,
@@ -347,6 +351,7 @@ def main() -> int:
     ap.add_argument("--streams", type=int, nargs="+", default=[2800])
     ap.add_argument("--duration", type=float, default=15.0)
     ap.add_argument("--chunk-ms", type=int, default=20)
+    ap.add_argument("--slice-s", type=float, default=0.5, help="stream.slice_s")
     ap.add_argument("--hop", type=float, default=0.5)
     ap.add_argument("--window", type=float, default=2.0)
     ap.add_argument("--max-batch", type=int, default=512)

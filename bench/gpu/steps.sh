@@ -90,4 +90,60 @@ PY
   timeout 120 python3 -m voiceid bench model --windows 2.0 --batches 1 32 128 512
   timeout 300 python3 -m voiceid bench streams --stagger --find-max --start 128 --duration 12 --audio "$AUDIO"
   ;;
+# -- session 2 (after the per-hop front-end, numpy fbank, array-batching pool) -----------
+s2-1)  # carries part-00 + .whl
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; nproc
+  python3 -c 'import voiceid.benchmarks.streams, voiceid.sources.websocket, voiceid.cli; print("imports ok")'
+  ;;
+s2-2)  # carries part-01 + .benchdata: per-stream CPU of the new front-end on this host
+  for c in 20 100; do
+    timeout 120 python3 bench/gpu/profile_frontend.py --streams 400 --duration 10 --chunk-ms $c --no-profile --audio "$AUDIO" | tail -1
+  done
+  ;;
+s2-3)
+  timeout 100 python3 bench/gpu/profile_frontend.py --streams 400 --duration 10 --top 20 --audio "$AUDIO" | tail -24
+  ;;
+s2-4) true ;;
+s2-5)  # onnxruntime-gpu complete: GPU tests, concurrency + fusions, ladder rungs
+  mkdir -p /tmp/shared/audio && ln -sfn "$AUDIO" /tmp/shared/audio/librispeech-test-other
+  VOICEID_SHARED=/tmp/shared VOICEID_TEST_CACHE=/tmp/vtc timeout 200 python3 -m pytest -q -p no:cacheprovider tests/models/test_gpu.py 2>&1 | tail -3
+  timeout 120 python3 bench/gpu/ort_streams.py --threads 1 2 3 --out "$OUT/streams.jsonl" 2>&1 | grep -v "^\s*$" | tail -6
+  timeout 80 python3 bench/gpu/ort_streams.py --threads 1 2 --options fuse_conv_bias=1 --out "$OUT/streams.jsonl" 2>&1 | tail -4
+  timeout 200 python3 bench/gpu/ort_ladder.py --audio "$AUDIO" --rungs 6 11 12 --out "$OUT/ladder.jsonl" 2>&1 | grep '^{' | cut -c1-900
+  ;;
+s2-6)  # the daemon core in one process, new front-end
+  timeout 330 python3 -m voiceid bench streams --find-max --start 256 --duration 12 --audio "$AUDIO" --json > "$OUT/streams_inproc.json"
+  python3 -c "import json,sys; d=json.load(open('$OUT/streams_inproc.json')); print('largest', d['largest_holding']); [print({k: r[k] for k in ('streams','windows_per_s','delivered','skipped_hops','mean_batch','p50_ms','p99_ms','max_ms','max_lag_ms','cpu_per_wall','gpu_util','holds')}) for r in d['runs']]"
+  ;;
+s2-7)  # pool prototype: 14 front-end processes + one GPU process batching arrays
+  timeout 420 python3 bench/gpu/pool.py --workers 14 --streams 2800 4200 5600 7000 --chunk-ms 20 --audio "$AUDIO" --out "$OUT/pool.jsonl"
+  ;;
+s2-8)  # over loopback WebSockets, one process
+  timeout 330 python3 -m voiceid bench streams --ws --find-max --start 256 --duration 12 --audio "$AUDIO" --json > "$OUT/streams_ws.json"
+  python3 -c "import json,sys; d=json.load(open('$OUT/streams_ws.json')); print('largest', d['largest_holding']); [print({k: r[k] for k in ('streams','windows_per_s','delivered','skipped_hops','mean_batch','p50_ms','p99_ms','max_ms','max_lag_ms','cpu_per_wall','client_cpu_per_wall','gpu_util','holds')}) for r in d['runs']]"
+  ;;
+# -- session 2, second machine (fuse_conv_bias default, stream.slice_s) -------------------
+s3-1|s3-2|s3-3|s3-4) true ;;  # carrying the parts (s3-2 also .benchdata)
+s3-5)
+  timeout 200 python3 -m voiceid bench model --json > "$OUT/model_grid.json"
+  python3 - "$OUT/model_grid.json" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+print(d["gpu"], d["config"])
+for r in d["rows"]:
+    print(f'{r["window_s"]:4} {r["batch"]:4} {r["median_ms"]:8.3f} ms {r["windows_per_s"]:9.1f} win/s  dev {r["device_ms"]} ms {r["device_windows_per_s"]} win/s')
+PY
+  timeout 380 python3 -m voiceid bench streams --stagger --find-max --start 256 --duration 12 --audio "$AUDIO" | tail -12
+  ;;
+s3-6)
+  timeout 250 python3 -m voiceid bench streams --find-max --start 64 --duration 12 --audio "$AUDIO" | tail -8
+  timeout 250 python3 -m voiceid bench streams --find-max --start 128 --duration 12 --slice-s 0.1 --audio "$AUDIO" | tail -8
+  ;;
+s3-7)
+  timeout 330 python3 bench/gpu/pool.py --workers 14 --streams 2800 4200 5600 7000 --audio "$AUDIO" --out "$OUT/pool.jsonl"
+  timeout 200 python3 bench/gpu/pool.py --workers 14 --streams 1400 2100 --aligned --slice-s 0.1 --audio "$AUDIO" --out "$OUT/pool.jsonl"
+  ;;
+s3-8)
+  timeout 400 python3 -m voiceid bench streams --ws --find-max --start 256 --duration 12 --audio "$AUDIO" | tail -10
+  ;;
 esac

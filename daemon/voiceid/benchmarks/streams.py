@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import multiprocessing as mp
 import os
 import resource
@@ -217,9 +218,15 @@ class GpuSampler:
 # -- shared helpers --------------------------------------------------------------------------
 
 
-def _stream_config(embedder: Embedder, hop_s: float, window_s: float) -> StreamConfig:
+def _stream_config(
+    embedder: Embedder, hop_s: float, window_s: float, slice_s: float | None = None
+) -> StreamConfig:
+    """The daemon's defaults with this hop, window and front-end slice (None: default)."""
+    scheduler = SchedulerConfig(hop_s=hop_s, window_s=window_s)
+    if slice_s is not None:
+        scheduler = dataclasses.replace(scheduler, slice_s=slice_s)
     return StreamConfig(
-        scheduler=SchedulerConfig(hop_s=hop_s, window_s=window_s),
+        scheduler=scheduler,
         decision=DecisionConfig(enter=embedder.card.threshold),
     )
 
@@ -329,6 +336,7 @@ async def run_streams(
     engine: EngineConfig | None = None,
     p99_ms: float = DEFAULT_P99_MS,
     stagger: bool = False,
+    slice_s: float | None = None,
 ) -> StreamsResult:
     """N streams fed from the event loop (no sockets): the daemon core's own limit.
 
@@ -338,7 +346,7 @@ async def run_streams(
     ends spread evenly over the hop, as for streams that connected at random times.
     """
     rate = embedder.sample_rate
-    cfg = _stream_config(embedder, hop_s, window_s)
+    cfg = _stream_config(embedder, hop_s, window_s, slice_s)
     hub = Hub(
         embedder,
         random_index(embedder.fingerprint, embedder.card.dim),
@@ -516,13 +524,14 @@ async def run_ws_streams(
     p99_ms: float = DEFAULT_P99_MS,
     client_procs: int | None = None,
     setup_s: float | None = None,
+    slice_s: float | None = None,
 ) -> StreamsResult:
     """N WebSocket clients (other processes) -> real ``serve_websocket`` -> hub -> events."""
     from voiceid.config import WebSocketSection
     from voiceid.sources.websocket import WebSocketStats, serve_websocket
 
     rate = embedder.sample_rate
-    cfg = _stream_config(embedder, hop_s, window_s)
+    cfg = _stream_config(embedder, hop_s, window_s, slice_s)
     hub = Hub(
         embedder,
         random_index(embedder.fingerprint, embedder.card.dim),

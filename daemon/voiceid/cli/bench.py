@@ -123,6 +123,7 @@ def register(sub: Any) -> None:
     s.add_argument("--hop", type=float, default=0.5, help="seconds")
     s.add_argument("--window", type=float, default=2.0, help="seconds")
     s.add_argument("--chunk-ms", type=int, default=20, help="audio per feed / frame")
+    s.add_argument("--slice-s", type=float, default=None, help="front-end slice (stream.slice_s)")
     s.add_argument("--duration", type=float, default=20.0, help="seconds per run")
     s.add_argument("--max-batch", type=int, default=64)
     s.add_argument("--max-wait-ms", type=float, default=5.0)
@@ -219,6 +220,7 @@ def cmd_streams(args: argparse.Namespace) -> int:
             "chunk_ms": args.chunk_ms,
             "engine": engine,
             "p99_ms": args.p99_ms,
+            "slice_s": args.slice_s,
         }
         if args.ws:
             return asyncio.run(
