@@ -146,4 +146,8 @@ s3-7)
 s3-8)
   timeout 400 python3 -m voiceid bench streams --ws --find-max --start 256 --duration 12 --audio "$AUDIO" | tail -10
   ;;
+s3-9)
+  # (a --gpu-threads 2 variant of ArrayBatcher was tried here: no gain, p99 125 ms at 4,200; removed)
+  timeout 200 python3 -m voiceid bench streams --ws --streams 224 288 --slice-s 0.1 --duration 12 --audio "$AUDIO" | tail -3
+  ;;
 esac
