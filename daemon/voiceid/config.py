@@ -104,7 +104,7 @@ class EngineSection(_Section):
     max_batch: int = Field(default=64, ge=1, le=4096)  # windows per inference call
     max_wait_ms: float = Field(default=5.0, ge=0, le=1000)  # wait for more windows
     max_pending: int = Field(default=256, ge=1, le=1 << 20)  # queued windows; more are skipped
-    batch_buckets: bool = True  # pad batches to powers of two so shapes repeat
+    batch_buckets: bool = True  # GPU: pad batches to powers of two so shapes repeat
 
 
 class WebSocketSection(_Section):

@@ -238,7 +238,7 @@ def _prepare(hub: Hub) -> None:
     if prepare is None:
         return
     ec = hub.engine_config
-    sizes = batch_buckets(ec.max_batch) if ec.batch_buckets else (1,)
+    sizes = batch_buckets(ec.max_batch) if hub.pad_batches else (1,)
     frames = hub.stream_config.scheduler.bucket_frames(hub.embedder.card.frontend)
     prepare([(b, t) for t in frames for b in sizes])
 
