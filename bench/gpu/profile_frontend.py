@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from voiceid.benchmarks.streams import run_streams, speech_loop
+from voiceid.benchmarks.streams import run_streams, run_ws_streams, speech_loop
 from voiceid.models import registry
 from voiceid.models.embedder import Embedder
 
@@ -55,6 +55,9 @@ def main() -> int:
     )
     ap.add_argument("--top", type=int, default=30)
     ap.add_argument("--no-profile", action="store_true")
+    ap.add_argument(
+        "--ws", action="store_true", help="over loopback WebSockets (clients: other processes)"
+    )
     args = ap.parse_args()
     card = registry.card("wespeaker-resnet34-random")
     emb = Embedder(StubModel(card, card.dim), "stub")  # type: ignore[arg-type,unused-ignore]
@@ -64,10 +67,9 @@ def main() -> int:
     t0 = time.perf_counter()
     if not args.no_profile:
         prof.enable()
+    run = run_ws_streams if args.ws else run_streams
     res = asyncio.run(
-        run_streams(
-            emb, audio, streams=args.streams, duration_s=args.duration, chunk_ms=args.chunk_ms
-        )
+        run(emb, audio, streams=args.streams, duration_s=args.duration, chunk_ms=args.chunk_ms)
     )
     prof.disable()
     wall = time.perf_counter() - t0

@@ -150,4 +150,14 @@ s3-9)
   # (a --gpu-threads 2 variant of ArrayBatcher was tried here: no gain, p99 125 ms at 4,200; removed)
   timeout 200 python3 -m voiceid bench streams --ws --streams 224 288 --slice-s 0.1 --duration 12 --audio "$AUDIO" | tail -3
   ;;
+# -- session 2, third machine: 100 ms frames (what clients/voiceid_clients/stream.py sends) --
+s4-1|s4-2|s4-3|s4-4) true ;;
+s4-5)
+  timeout 280 python3 -m voiceid bench streams --ws --chunk-ms 100 --find-max --start 256 --duration 12 --audio "$AUDIO" | grep -E "^ws|largest"
+  timeout 300 python3 -m voiceid bench streams --stagger --chunk-ms 100 --find-max --start 512 --duration 12 --audio "$AUDIO" | grep -E "^inproc|largest"
+  ;;
+s4-6)
+  timeout 250 python3 bench/gpu/pool.py --workers 14 --chunk-ms 100 --streams 4200 5600 7000 --audio "$AUDIO" --out "$OUT/pool100.jsonl"
+  timeout 150 python3 bench/gpu/pool.py --workers 14 --max-batch 256 --streams 4200 --audio "$AUDIO" --out "$OUT/pool100.jsonl"
+  ;;
 esac
