@@ -35,6 +35,7 @@ from voiceid.models import registry
 from voiceid.models.embedder import Embedder
 from voiceid.models.inference import CUDA, EmbeddingModel
 from voiceid.runtime.hub import EngineConfig
+from voiceid.stream.scheduler import SchedulerConfig
 
 GPU_BATCHES = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
 CPU_BATCHES = [1, 8, 32]
@@ -206,6 +207,7 @@ def cmd_streams(args: argparse.Namespace) -> int:
         print(_header(embedder), flush=True)
         print(
             f"# hop {args.hop} s, window {args.window} s, chunk {args.chunk_ms} ms, "
+            f"front-end slice {args.slice_s or SchedulerConfig().slice_s} s, "
             f"{args.duration} s per run, max_batch {engine.max_batch}, "
             f"max_wait {engine.max_wait_ms} ms, p99 limit {args.p99_ms} ms",
             flush=True,
