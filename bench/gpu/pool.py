@@ -207,7 +207,7 @@ class ArrayBatcher:
             self.cond.notify()
         self.thread.join(10)
 
-    def _take(self) -> tuple[list[tuple[int, np.ndarray]], np.ndarray] | None:
+    def _take(self) -> tuple[list[tuple[int, np.ndarray]], list[np.ndarray]] | None:
         with self.cond:
             while not self.waiting and not self.closing:
                 self.cond.wait()
@@ -231,15 +231,23 @@ class ArrayBatcher:
                 parts.append(feats)
                 n += len(ids)
             self.waiting -= n
-            return owners, np.concatenate(parts)
+            return owners, parts
 
     def _work(self) -> None:
+        bufs: dict[tuple[int, ...], np.ndarray] = {}  # one float32 batch buffer per shape
         while (got := self._take()) is not None:
-            owners, feats = got
-            n = feats.shape[0]
+            owners, parts = got
+            n = sum(len(p) for p in parts)
             size = next(b for b in self.buckets if b >= n)
-            x = np.zeros((size, *feats.shape[1:]), np.float32)
-            x[:n] = feats
+            shape = (size, *parts[0].shape[1:])
+            x = bufs.get(shape)
+            if x is None:
+                x = bufs[shape] = np.zeros(shape, np.float32)
+            row = 0
+            for part in parts:  # fp16 -> float32 straight into the batch (no concatenate)
+                x[row : row + len(part)] = part
+                row += len(part)
+            x[n:] = 0.0  # padding rows (only these: no zero-fill of the whole batch)
             embs = self.model.embed(x)[:n]
             self.batches += 1
             self.windows += n

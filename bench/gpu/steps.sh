@@ -160,4 +160,9 @@ s4-6)
   timeout 250 python3 bench/gpu/pool.py --workers 14 --chunk-ms 100 --streams 4200 5600 7000 --audio "$AUDIO" --out "$OUT/pool100.jsonl"
   timeout 150 python3 bench/gpu/pool.py --workers 14 --max-batch 256 --streams 4200 --audio "$AUDIO" --out "$OUT/pool100.jsonl"
   ;;
+# -- fourth machine: ArrayBatcher writes into a reused float32 batch (no concatenate/zero-fill)
+s5-1|s5-2|s5-3|s5-4) true ;;
+s5-5)
+  timeout 300 python3 bench/gpu/pool.py --workers 14 --streams 3500 4200 5600 7000 --audio "$AUDIO" --out "$OUT/pool5.jsonl" | cut -c1-600
+  ;;
 esac
