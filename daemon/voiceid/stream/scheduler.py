@@ -187,7 +187,8 @@ class HopScheduler:
         self.gate = VoiceGate(cfg.vad, cfg.sample_rate)
         self._hop_samples = cfg.hop_samples
         self._slice_samples = round(cfg.slice_s * cfg.sample_rate)
-        self._pending: list[NDArray[np.float32]] = []  # < one slice, not yet processed
+        # samples not yet processed (< one slice), written in place: one copy per sample
+        self._pending = np.empty(min(self._slice_samples, self._hop_samples), np.float32)
         self._pending_size = 0
         self._fed = 0  # samples fed so far (absolute), pending ones included
 
@@ -212,7 +213,7 @@ class HopScheduler:
             # samples to the next hop boundary or the end of the slice, whichever is first
             take = min(hop - self._fed % hop, self._slice_samples - self._pending_size)
             piece = x[i : i + take]
-            self._pending.append(piece.copy())  # the caller may reuse its buffer
+            self._pending[self._pending_size : self._pending_size + piece.size] = piece
             self._pending_size += piece.size
             self._fed += piece.size
             i += piece.size
@@ -227,9 +228,8 @@ class HopScheduler:
 
     def _push(self) -> None:
         """The pending samples (one slice) through the gate and the front-end, one call each."""
-        pending = self._pending
-        block = pending[0] if len(pending) == 1 else np.concatenate(pending)
-        pending.clear()
+        # (a view of the reused buffer: the gate, the front-end and the ring copy what they keep)
+        block = self._pending[: self._pending_size]
         self._pending_size = 0
         self.gate.accept(block)
         self._frames.extend(self.frontend.accept(block))
