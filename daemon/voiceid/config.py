@@ -115,6 +115,9 @@ class WebSocketSection(_Section):
     max_streams: int = Field(default=64, ge=1)  # concurrent audio streams
     event_queue: int = Field(default=256, ge=1)  # events buffered per client before it is dropped
     start_timeout_s: float = Field(default=10.0, gt=0)  # time to send the start message
+    # front-end worker processes for the streams (0: in the daemon process; see
+    # runtime/workers.py): each takes a core's share of the per-stream work
+    workers: int = Field(default=0, ge=0, le=256)
 
 
 class HttpSection(_Section):

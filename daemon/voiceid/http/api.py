@@ -1020,7 +1020,9 @@ def create_app(daemon: Daemon) -> FastAPI:
         a, h = ready()
         if not getattr(daemon, "ready", True):  # sources still starting
             raise ApiError(503, "not_ready", "the daemon is still starting its sources")
-        return Readiness(model=a.model_name, profiles=len(h.scorer.names), streams=len(h.streams))
+        return Readiness(
+            model=a.model_name, profiles=len(h.scorer.names), streams=len(h.stream_names())
+        )
 
     @app.get(
         "/metrics",
@@ -1098,10 +1100,8 @@ def create_app(daemon: Daemon) -> FastAPI:
         _, h = ready()
         return StreamList(
             streams=[
-                StreamInfo(
-                    name=s.name, opened_at=round(s.opened_at, 3), enabled=n not in h.disabled
-                )
-                for n, s in sorted(h.streams.items())
+                StreamInfo(name=n, opened_at=round(at, 3), enabled=n not in h.disabled)
+                for n, at in sorted(h.opened_at().items())
             ]
         )
 

@@ -131,6 +131,17 @@ class ASNormScorer:
         self._cache: _EnrollCache | None = None
         self.updates = 0  # times the enrollment statistics were (re)computed
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Picklable (the daemon sends its scorer to worker processes): no lock, no cache."""
+        state = dict(vars(self))
+        del state["_lock"]
+        state["_cache"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        vars(self).update(state)
+        self._lock = threading.Lock()
+
     @property
     def names(self) -> list[str]:
         return self._enrolled().names

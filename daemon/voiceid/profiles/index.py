@@ -21,7 +21,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -84,6 +84,16 @@ class ProfileIndex:
         self._lock = threading.Lock()
         self._foreign: dict[str, ForeignProfile] = {}
         self._snap = _Snapshot(np.zeros((0, dim or 0), np.float32), 0, [], [], {}, {})
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Picklable (the daemon sends its index to worker processes): no lock."""
+        state = dict(vars(self))
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        vars(self).update(state)
+        self._lock = threading.Lock()
 
     # ------------------------------------------------------------ construction
 

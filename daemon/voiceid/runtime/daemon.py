@@ -187,6 +187,7 @@ class Daemon:
     mic_queues: dict[str, Any] = field(default_factory=dict)  # stream -> BlockQueue
     wyoming_mic_stats: dict[str, Any] = field(default_factory=dict)  # stream -> WyomingMicStats
     wyoming_asr_stats: Any = None  # WyomingAsrStats once the proxy runs
+    pool: Any = None  # WorkerPool when websocket.workers > 0
     ready: bool = False
     reloads: int = 0  # successful reloads
     _reload: asyncio.Event = field(default_factory=asyncio.Event)
@@ -321,7 +322,9 @@ class Daemon:
     async def _start_sources(self, tg: asyncio.TaskGroup, hub: Hub) -> list[asyncio.Task[None]]:
         cfg = self.settings
         tasks: list[asyncio.Task[None]] = []
-        if cfg.websocket.enabled:
+        if cfg.websocket.enabled and cfg.websocket.workers:
+            tasks.append(await self._start_workers(tg, hub))
+        elif cfg.websocket.enabled:
             from voiceid.sources.websocket import WebSocketStats, serve_websocket
 
             self.websocket_stats = stats = WebSocketStats()
@@ -383,10 +386,47 @@ class Daemon:
             self.ports["wyoming-asr"] = await _listening("wyoming.asr", asr_cfg, asr_started)
         return tasks
 
+    async def _start_workers(self, tg: asyncio.TaskGroup, hub: Hub) -> asyncio.Task[None]:
+        """``websocket.workers`` front-end processes on one listening socket."""
+        from voiceid.runtime.workers import WorkerPool, listen
+        from voiceid.sources.websocket import WebSocketStats
+
+        ws = self.settings.websocket
+        failed: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        try:
+            sock = listen(ws.host, ws.port)
+        except OSError as exc:
+            failed.set_exception(exc)
+            await _listening("websocket", ws, failed)  # raises the one-line error
+            raise
+        self.websocket_stats = WebSocketStats()
+        self.pool = pool = WorkerPool(
+            hub,
+            self.settings,
+            sock,
+            workers=ws.workers,
+            websocket_stats=self.websocket_stats,
+            ports=self.ports,
+        )
+        self.ports["websocket"] = int(sock.getsockname()[1])
+        try:
+            await pool.start()
+        except BaseException:
+            sock.close()
+            raise
+
+        async def supervise() -> None:
+            try:
+                await pool.run()
+            finally:
+                sock.close()
+
+        return tg.create_task(supervise())
+
     # -- watchdog and status --------------------------------------------------------------
     def _status_line(self) -> str:
         hub = self.hub
-        streams = len(hub.streams) if hub else 0
+        streams = len(hub.stream_names()) if hub else 0
         profiles = len(hub.scorer.names) if hub else self._profiles  # the API may enroll
         ports = " ".join(f"{k}:{v}" for k, v in self.ports.items())
         return f"ready: {profiles} profiles, {streams} streams" + (f"; {ports}" if ports else "")
@@ -396,12 +436,15 @@ class Daemon:
         interval = notify.watchdog_interval()
         period = min(interval, STATUS_INTERVAL_S) if interval else STATUS_INTERVAL_S
         watch = EngineWatch(self.stall_s)
+        pool_watch = EngineWatch(self.stall_s)  # the workers' batches (websocket.workers)
         unhealthy: str | None = None
         last_status = 0.0
         loop = asyncio.get_running_loop()
         while True:
             now = loop.time()
             problem = watch.check(hub.engine.stats(), time.monotonic())
+            if problem is None and self.pool is not None:
+                problem = pool_watch.check(self.pool.batcher.stats(), time.monotonic())
             if problem != unhealthy:
                 if problem:
                     log.error("%s: not pinging the watchdog", problem)
@@ -437,8 +480,7 @@ class Daemon:
             log.error("reload failed, keeping the running configuration: %s", exc)
             notify.ready(f"reload failed: {exc}".splitlines()[0])
             return False
-        hub.set_scorer(scorer)
-        hub.stream_config = stream_config(new, threshold)  # streams opened from now on
+        hub.set_scorer(scorer, stream_config(new, threshold))  # config: streams opened from now
         logging.getLogger().setLevel(new.log.level)
         self.settings, self._profiles = new, profiles
         self.reloads += 1

@@ -16,7 +16,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -43,6 +43,22 @@ class EngineConfig:
     max_wait_ms: float = 5.0  # wait for more windows after the first
     max_pending: int = 256  # queued windows; more are skipped (counted)
     batch_buckets: bool = True  # pad batches to powers of two (on a GPU only, see Hub)
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteStream:
+    """A stream open in a front-end worker process (see ``runtime/workers.py``)."""
+
+    worker: int
+    opened_at: float  # unix seconds
+
+
+class Follower(Protocol):
+    """Something that mirrors the hub's shared state (the worker pool)."""
+
+    def scorer_changed(self, scorer: Scorer, stream_config: StreamConfig) -> None: ...
+
+    def enabled_changed(self, name: str, enabled: bool) -> None: ...
 
 
 def on_gpu(embedder: Embedder) -> bool:
@@ -125,6 +141,8 @@ class Hub:
         self.max_streams = max_streams
         self.bus = EventBus()
         self.streams: dict[str, LiveStream] = {}
+        self.remote: dict[str, RemoteStream] = {}  # streams open in worker processes
+        self.followers: list[Follower] = []  # told of scorer and enabled changes
         self.disabled: set[str] = set()  # stream names whose audio is ignored (MQTT OFF)
         self.skipped_hops = 0
         self.failed_windows = 0
@@ -182,11 +200,7 @@ class Hub:
         channels: int = 1,
     ) -> LiveStream:
         """A new live stream; ``encoding=None`` means the caller feeds float32 samples."""
-        if name in self.streams:
-            raise ProtocolError(
-                f"stream {name!r} is already open",
-                hint="use another stream name or close the other one",
-            )
+        self._check_free(name)
         if len(self.streams) >= self.max_streams:
             raise ProtocolError(
                 f"too many streams ({self.max_streams} open)",
@@ -206,6 +220,30 @@ class Hub:
         )
         return stream
 
+    def stream_names(self) -> list[str]:
+        """Every open stream: this process's and the worker processes'."""
+        return [*self.streams, *self.remote]
+
+    def opened_at(self) -> dict[str, float]:
+        """Every open stream -> when it was opened (unix seconds)."""
+        local = {n: s.opened_at for n, s in self.streams.items()}
+        return local | {n: r.opened_at for n, r in self.remote.items()}
+
+    async def reserve(self, name: str) -> None:
+        """Claim ``name`` before :meth:`open_stream`; ``ProtocolError`` if it is taken.
+
+        Here a local check; a worker process's hub asks the daemon process, which knows
+        the streams of every worker.
+        """
+        self._check_free(name)
+
+    def _check_free(self, name: str) -> None:
+        if name in self.streams or name in self.remote:
+            raise ProtocolError(
+                f"stream {name!r} is already open",
+                hint="use another stream name or close the other one",
+            )
+
     def _forget(self, stream: LiveStream) -> None:
         if self.streams.get(stream.name) is stream:
             del self.streams[stream.name]
@@ -216,6 +254,8 @@ class Hub:
 
         Pausing ends the current speaker of an open stream.
         """
+        for follower in self.followers:
+            follower.enabled_changed(name, enabled)
         if enabled:
             self.disabled.discard(name)
             return
@@ -224,9 +264,16 @@ class Hub:
         if stream is not None:
             stream.publish(stream.core.interrupt())
 
-    def set_scorer(self, scorer: Scorer) -> None:
-        """Swap the enrolled profiles (reload); takes effect from the next result."""
+    def set_scorer(self, scorer: Scorer, stream_config: StreamConfig | None = None) -> None:
+        """Swap the enrolled profiles (reload); takes effect from the next result.
+
+        ``stream_config``: for streams opened from now on (None: unchanged).
+        """
         self.scorer = scorer
+        if stream_config is not None:
+            self.stream_config = stream_config
+        for follower in self.followers:
+            follower.scorer_changed(scorer, self.stream_config)
 
     # -- engine results ---------------------------------------------------------------
     def _deliver_from_thread(self, results: Sequence[EmbedResult]) -> None:

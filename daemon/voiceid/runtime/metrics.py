@@ -166,7 +166,7 @@ class _LiveCollector(Collector):
         for reason, n in sorted(counts.items()):
             rejected.add_metric([reason], n)
         yield rejected
-        yield _gauge("voiceid_streams", "Live audio streams", len(hub.streams) if hub else 0)
+        yield _gauge("voiceid_streams", "Live audio streams", len(hub.stream_names()) if hub else 0)
         yield _gauge(
             "voiceid_websocket_clients",
             "Connected WebSocket clients",

@@ -404,7 +404,7 @@ class MqttSink:
     def _sync(self, now: float) -> list[Message]:
         hub = self.hub
         try:
-            return self.state.sync(hub.streams.keys(), hub.scorer.names, hub.disabled, now)
+            return self.state.sync(hub.stream_names(), hub.scorer.names, hub.disabled, now)
         except Exception:  # a bug must not stop the sink
             log.exception("MQTT: cannot compare with the hub")
             return []
@@ -413,7 +413,7 @@ class MqttSink:
         hub = self.hub
         counters = self.stats.as_dict()
         counters.pop("last_error", None)
-        doc = stats_payload(counters, list(hub.streams), now)
+        doc = stats_payload(counters, hub.stream_names(), now)
         doc["hub"] = {
             "events": hub.bus.published,
             "disabled": sorted(hub.disabled),

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import weakref
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -568,7 +569,11 @@ class WebSocketServer:
                 "max_streams",
             )
             return
-        duplicate = start.stream in hub.streams
+        try:
+            await hub.reserve(start.stream)  # (a worker process asks the daemon process)
+        except ProtocolError as exc:
+            await self._fail(ws, Failure.of(exc), "duplicate")
+            return
         try:
             live = hub.open_stream(
                 start.stream,
@@ -577,7 +582,7 @@ class WebSocketServer:
                 channels=start.channels,
             )
         except ProtocolError as exc:
-            await self._fail(ws, Failure.of(exc), "duplicate" if duplicate else "protocol")
+            await self._fail(ws, Failure.of(exc), "protocol")
             return
         conn = _StreamConnection(self, ws, session, start, live)
         self.stats.streams_opened += 1
@@ -619,13 +624,22 @@ class WebSocketServer:
             conn.done.set()
 
     # -- lifecycle ----------------------------------------------------------------------
-    async def serve(self, started: asyncio.Future[int] | None = None) -> None:
+    async def serve(
+        self, started: asyncio.Future[int] | None = None, sock: socket.socket | None = None
+    ) -> None:
         cfg = self.cfg
+        where: dict[str, Any] = (
+            {"sock": sock}
+            if sock is not None
+            else {
+                "host": cfg.host,
+                "port": cfg.port,
+            }
+        )
         try:
             server = await serve(
                 self.handler,
-                cfg.host,
-                cfg.port,
+                **where,
                 process_request=self.process_request,
                 ssl=self.security.ssl_context if self.security is not None else None,
                 max_size=cfg.max_message_bytes,
@@ -691,6 +705,7 @@ async def serve_websocket(
     started: asyncio.Future[int] | None = None,
     stats: WebSocketStats | None = None,
     security: Security | None = None,
+    sock: socket.socket | None = None,
 ) -> None:
     """Serve ``/stream`` and ``/events`` until cancelled.
 
@@ -699,6 +714,7 @@ async def serve_websocket(
     stream is closed (its last events are sent to its client and to ``/events``), then
     every connection is closed with 1001, and ``CancelledError`` propagates. The hub is
     not closed: that is the caller's. ``security``: tokens, origins and TLS (None: no
-    checks, plain ``ws://``; the daemon always passes one).
+    checks, plain ``ws://``; the daemon always passes one). ``sock``: a listening socket
+    to accept on instead of binding ``cfg.host:cfg.port`` (worker processes share one).
     """
-    await WebSocketServer(hub, cfg, stats, security).serve(started)
+    await WebSocketServer(hub, cfg, stats, security).serve(started, sock)

@@ -101,7 +101,7 @@ class BatchEngine:
         self._name = name
         self._queue: deque[WindowRequest] = deque()
         self._cond = threading.Condition()
-        self._embed_lock = threading.Lock()  # one embed call at a time (worker vs run_now)
+        self.embed_lock = threading.Lock()  # one model call at a time (worker, run_now, others)
         self._closing = False
         self._thread: threading.Thread | None = None
         self._batches = self._windows = self._skipped = self._errors = 0
@@ -214,7 +214,7 @@ class BatchEngine:
         t0 = time.perf_counter()
         error: str | None = None
         try:
-            with self._embed_lock:
+            with self.embed_lock:
                 y = np.asarray(self._embed(x), dtype=np.float32)
             if y.ndim != 2 or y.shape[0] != size:
                 error = f"embed returned shape {y.shape} for a batch of {size}"

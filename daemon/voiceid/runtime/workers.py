@@ -1,0 +1,380 @@
+"""The daemon side of ``websocket.workers``: N front-end processes, one model.
+
+One daemon process holds a few hundred live streams: beyond that its one core is full
+of per-stream work (WebSocket frames, PCM decoding, voice gate, fbank, decisions), while
+the GPU idles. With ``websocket.workers: N`` the daemon process keeps the model, MQTT,
+HTTP, the microphones and the profiles, and N worker processes (``runtime/remote.py``)
+accept the WebSocket streams on one shared listening socket (each connection goes to the
+worker that accepts it first, i.e. to an idle one) and do that per-stream work.
+
+:class:`WorkerPool`, on the daemon's event loop:
+
+- serves embeddings: one thread per worker reads its feature blocks; one
+  :class:`BlockBatcher` batches the blocks of all workers into each model call;
+- relays events: each worker's events are published on the daemon's bus (MQTT, HTTP,
+  metrics, stdout see every stream) and to the workers with an ``/events`` subscriber;
+- keeps the registry of worker streams (``Hub.remote``): a stream name is claimed from
+  it, so names stay unique across workers and the daemon's own sources;
+- mirrors profile reloads and MQTT switches to every worker (it is a hub ``Follower``);
+- sums the workers' counters and hop latencies into the hub and ``WebSocketStats``;
+- restarts a worker that dies (capped, jittered backoff); its streams end (their
+  clients see the connection drop and reconnect).
+
+Bounded: each worker has at most one block in flight and its own ``max_pending``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing as mp
+import random
+import socket
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from voiceid.config import Settings
+from voiceid.errors import VoiceidError
+from voiceid.runtime.blocks import BlockBatcher
+from voiceid.runtime.hub import EngineConfig, Hub, RemoteStream
+from voiceid.runtime.remote import WorkerSpec, worker_main
+from voiceid.runtime.wire import WireError, pack_embs, pack_error, unpack_feats
+from voiceid.stream.pipeline import Scorer, StreamConfig
+
+log = logging.getLogger(__name__)
+
+START_TIMEOUT_S = 120.0  # a worker must be listening within this (imports, warm-up)
+STOP_TIMEOUT_S = 15.0  # a worker must have closed its streams within this
+BACKOFF_S = (1.0, 30.0)  # restart delay of a dead worker: first, cap (doubling, jittered)
+
+
+@dataclass(eq=False)
+class _Worker:
+    wid: int
+    process: BaseProcess
+    ctl: Connection
+    emb: Connection
+    ready: asyncio.Future[int]
+    want: bool = False  # has an /events subscriber that needs the other workers' events
+    gone: bool = False
+    stopping: bool = False
+    said_bye: bool = False
+    finished: asyncio.Event = field(default_factory=asyncio.Event)  # its pipe is closed
+    stats: dict[str, Any] = field(default_factory=dict)  # its last stats message
+
+    def send(self, *message: Any) -> None:
+        if self.gone:
+            return
+        try:
+            self.ctl.send(message)
+        except (OSError, ValueError):
+            self.gone = True
+
+
+def listen(host: str, port: int, backlog: int = 4096) -> socket.socket:
+    """The listening socket the workers share (``port`` 0: an ephemeral one)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(backlog)
+    except OSError:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
+
+
+class WorkerPool:
+    """N worker processes around ``hub``; ``await start()``, then ``await run()``."""
+
+    def __init__(
+        self,
+        hub: Hub,
+        settings: Settings,
+        sock: socket.socket,
+        *,
+        workers: int,
+        websocket_stats: Any,
+        ports: dict[str, int] | None = None,
+    ) -> None:
+        self.hub = hub
+        self.settings = settings
+        self.sock = sock
+        self.n = workers
+        self.websocket_stats = websocket_stats
+        self.ports = ports if ports is not None else {}
+        self.restarts = 0
+        ec = hub.engine_config
+        self.batcher = BlockBatcher(
+            hub.embedder.embed_features,
+            max_batch=ec.max_batch,
+            max_wait_ms=ec.max_wait_ms,
+            pad_batches=hub.pad_batches,
+            embed_lock=hub.engine.embed_lock,  # one model call at a time with the hub's own
+        )
+        self._ctx = mp.get_context("spawn")
+        self._workers: dict[int, _Worker] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lost: asyncio.Queue[int] = asyncio.Queue()
+        self._closing = False
+
+    # -- lifecycle ------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Start every worker and wait until all listen (a failure raises)."""
+        self._loop = asyncio.get_running_loop()
+        self.hub.followers.append(self)
+        for wid in range(self.n):
+            self._spawn(wid)
+        try:
+            for w in list(self._workers.values()):
+                await self._ready(w)
+        except BaseException:
+            await self.close()
+            raise
+        log.info("%d WebSocket worker processes ready", self.n)
+
+    async def run(self) -> None:
+        """Restart dead workers until cancelled; then stop them all (streams end cleanly)."""
+        failures: dict[int, int] = {}
+        try:
+            while True:
+                wid = await self._lost.get()
+                if self._closing:
+                    continue
+                n = failures[wid] = failures.get(wid, 0) + 1
+                first, cap = BACKOFF_S
+                delay = min(cap, first * 2 ** (n - 1)) * random.uniform(0.5, 1.0)
+                log.error("worker %d died: restarting it in %.1f s", wid, delay)
+                await asyncio.sleep(delay)
+                self._spawn(wid)
+                try:
+                    await self._ready(self._workers[wid])
+                    self.restarts += 1
+                    log.info("worker %d is back", wid)
+                    failures[wid] = 0 if n > 5 else failures[wid]
+                except VoiceidError as exc:
+                    log.error("worker %d did not come back: %s", wid, exc)
+                    self._lost.put_nowait(wid)
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        """Ask every worker to end its streams and exit; kill those that do not."""
+        if self._closing:
+            return
+        self._closing = True
+        with contextlib.suppress(ValueError):
+            self.hub.followers.remove(self)
+        workers = list(self._workers.values())
+        for w in workers:
+            w.stopping = True
+            w.send("stop")
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        for w in workers:
+            left = max(0.1, deadline - time.monotonic())
+            await asyncio.to_thread(w.process.join, left)
+            if w.process.is_alive():
+                log.error("worker %d did not stop in %.0f s: killed", w.wid, STOP_TIMEOUT_S)
+                w.process.kill()
+                await asyncio.to_thread(w.process.join, 5)
+        for w in workers:  # their last events: read until each pipe ends
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(w.finished.wait(), 2.0)
+            self._forget_streams(w)
+            w.ctl.close()
+            w.emb.close()
+        await asyncio.to_thread(self.batcher.close)
+
+    def _spawn(self, wid: int) -> None:
+        ctl_here, ctl_there = self._ctx.Pipe()
+        emb_here, emb_there = self._ctx.Pipe()
+        settings = self.settings
+        per = -(-settings.websocket.max_streams // self.n)  # this worker's share, rounded up
+        spec = WorkerSpec(
+            wid=wid,
+            settings=settings.model_copy(
+                update={"websocket": settings.websocket.model_copy(update={"max_streams": per})}
+            ),
+            card=self.hub.embedder.card,
+            fingerprint=self.hub.embedder.fingerprint,
+            engine=EngineConfig(
+                max_batch=self.hub.engine_config.max_batch,
+                max_wait_ms=self.hub.engine_config.max_wait_ms,
+                max_pending=self.hub.engine_config.max_pending,
+                batch_buckets=False,
+            ),
+            ports=dict(self.ports),
+        )
+        process = self._ctx.Process(
+            target=worker_main,
+            args=(spec, ctl_there, emb_there, self.sock),
+            name=f"voiceid-worker-{wid}",
+            daemon=True,
+        )
+        assert self._loop is not None
+        w = _Worker(wid, process, ctl_here, emb_here, self._loop.create_future())
+        self._workers[wid] = w
+        process.start()
+        log.info("worker %d started (pid %s)", wid, process.pid)
+        ctl_there.close()
+        emb_there.close()
+        w.send("scorer", self.hub.scorer, self.hub.stream_config, sorted(self.hub.disabled))
+        threading.Thread(
+            target=self._read, args=(w,), name=f"voiceid-ctl-{wid}", daemon=True
+        ).start()
+        threading.Thread(
+            target=self._serve_embeddings, args=(w,), name=f"voiceid-emb-{wid}", daemon=True
+        ).start()
+
+    async def _ready(self, w: _Worker) -> None:
+        try:
+            await asyncio.wait_for(asyncio.shield(w.ready), START_TIMEOUT_S)
+        except TimeoutError:
+            raise VoiceidError(
+                f"WebSocket worker {w.wid} did not start within {START_TIMEOUT_S:.0f} s",
+                hint="see the log above; lower websocket.workers on a busy machine",
+            ) from None
+
+    # -- follower of the hub (loop thread) ------------------------------------------------
+    def scorer_changed(self, scorer: Scorer, stream_config: StreamConfig) -> None:
+        for w in self._workers.values():
+            w.send("scorer", scorer, stream_config)
+
+    def enabled_changed(self, name: str, enabled: bool) -> None:
+        for w in self._workers.values():
+            w.send("enabled", name, enabled)
+
+    # -- threads --------------------------------------------------------------------------
+    def _read(self, w: _Worker) -> None:
+        loop = self._loop
+        assert loop is not None
+        while True:
+            try:
+                message = w.ctl.recv()
+            except (EOFError, OSError):
+                with contextlib.suppress(RuntimeError):  # loop closed at exit
+                    loop.call_soon_threadsafe(self._gone, w)
+                return
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._handle, w, message)
+
+    def _serve_embeddings(self, w: _Worker) -> None:
+        conn = w.emb
+
+        def reply(embs: NDArray[np.float32] | None, error: str | None) -> None:
+            data = pack_embs(embs) if embs is not None else pack_error(error or "failed")
+            with contextlib.suppress(OSError, ValueError):  # the worker died meanwhile
+                conn.send_bytes(data)
+
+        while True:
+            try:
+                data = conn.recv_bytes()
+            except (EOFError, OSError):
+                return
+            try:
+                feats = unpack_feats(data)
+            except WireError as exc:
+                log.error("worker %d sent a bad block: %s", w.wid, exc)
+                reply(None, str(exc))
+                continue
+            self.batcher.submit(feats, reply)
+
+    # -- messages (loop thread) -----------------------------------------------------------
+    def _handle(self, w: _Worker, message: tuple[Any, ...]) -> None:
+        kind = message[0]
+        hub = self.hub
+        if kind == "events":
+            events = message[1]
+            hub.bus.publish(events)
+            for other in self._workers.values():
+                if other is not w and other.want:
+                    other.send("events", events)
+        elif kind == "claim":
+            req, name = message[1], message[2]
+            free = name not in hub.streams and name not in hub.remote
+            if free:
+                hub.remote[name] = RemoteStream(w.wid, time.time())
+            w.send("claimed", req, free)
+        elif kind == "closed":
+            got = hub.remote.get(message[1])
+            if got is not None and got.worker == w.wid:
+                del hub.remote[message[1]]
+        elif kind == "want":
+            w.want = bool(message[1])
+        elif kind == "stats":
+            self._add_stats(w, message[1])
+        elif kind == "ready":
+            if not w.ready.done():
+                w.ready.set_result(int(message[1]))
+        elif kind == "failed":
+            if not w.ready.done():
+                w.ready.set_exception(
+                    VoiceidError(f"WebSocket worker {w.wid} failed to start: {message[1]}")
+                )
+        elif kind == "bye":
+            w.said_bye = True
+
+    def _add_stats(self, w: _Worker, stats: dict[str, Any]) -> None:
+        hub = self.hub
+        hub.hop_latency_ms.extend(stats["latency_ms"])
+        hub.skipped_hops += stats["skipped_hops"]
+        hub.failed_windows += stats["failed_windows"]
+        w.stats = stats
+        self._sum_websocket_stats()
+
+    def _sum_websocket_stats(self) -> None:
+        total = self.websocket_stats
+        if total is None:
+            return
+        snaps = [w.stats["websocket"] for w in self._workers.values() if w.stats]
+        for f in fields(total):
+            if f.name == "rejected":
+                merged: dict[str, int] = {}
+                for s in snaps:
+                    for reason, n in s["rejected"].items():
+                        merged[reason] = merged.get(reason, 0) + n
+                total.rejected = merged
+            else:
+                setattr(total, f.name, sum(s[f.name] for s in snaps))
+
+    def _gone(self, w: _Worker) -> None:
+        """A worker's pipe closed: it exited (stopping) or died."""
+        if w.finished.is_set():
+            return
+        w.gone = True
+        w.finished.set()
+        self._forget_streams(w)
+        if not w.ready.done():
+            w.ready.set_exception(VoiceidError(f"WebSocket worker {w.wid} exited while starting"))
+        if not w.stopping and not self._closing:
+            log.error(
+                "WebSocket worker %d exited unexpectedly (exit code %s); its streams ended",
+                w.wid,
+                w.process.exitcode,
+            )
+            self._lost.put_nowait(w.wid)
+
+    def _forget_streams(self, w: _Worker) -> None:
+        hub = self.hub
+        for name in [n for n, r in hub.remote.items() if r.worker == w.wid]:
+            del hub.remote[name]
+
+    # -- views ------------------------------------------------------------------------------
+    def totals(self) -> dict[str, int]:
+        """Windows asked for and scored by all workers' streams (open and closed)."""
+        snaps = [w.stats for w in self._workers.values() if w.stats]
+        return {k: sum(int(s[k]) for s in snaps) for k in ("windows", "scored", "streams")}
+
+    def workers(self) -> Sequence[_Worker]:
+        return list(self._workers.values())
