@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import multiprocessing as mp
 import os
 import resource
@@ -461,7 +462,11 @@ async def _ws_clients_async(
             try:
                 ws = await connect(url, compression=None, max_size=1 << 20, open_timeout=60)
                 await ws.send(StartMessage(name, 16000, "pcm_s16le").to_json())
-                await ws.recv()  # ready
+                reply = json.loads(await ws.recv())
+                if reply.get("type") != "ready":  # refused (too many streams, ...)
+                    failed += 1
+                    await ws.close()
+                    return None
                 return ws
             except Exception:
                 failed += 1
@@ -508,6 +513,57 @@ async def _ws_clients_async(
         "events": events,
         "max_late_s": max_late,
         "start_late_s": start_late,
+    }
+
+
+def _start_clients(
+    port: int,
+    audio: NDArray[np.float32],
+    streams: int,
+    chunk_ms: int,
+    t0: float,
+    duration_s: float,
+    procs_n: int,
+) -> tuple[list[Any], Any]:
+    """``procs_n`` client processes with ``streams`` WebSocket streams between them."""
+    rate = 16000
+    pcm = (np.clip(np.round(audio * 32768.0), -32768, 32767).astype("<i2")).tobytes()
+    ctx = mp.get_context("spawn")
+    out: Any = ctx.Queue()
+    names = [f"ws-{i}" for i in range(streams)]
+    frame = rate * chunk_ms // 1000 * 2
+    offsets = [(i * (len(pcm) // max(streams, 1))) // frame * frame for i in range(streams)]
+    shards = [list(range(p, streams, procs_n)) for p in range(procs_n)]
+    procs = [
+        ctx.Process(
+            target=_ws_clients,
+            args=(
+                port,
+                [names[i] for i in shard],
+                pcm,
+                [offsets[i] for i in shard],
+                chunk_ms,
+                t0,
+                duration_s,
+                out,
+            ),
+            daemon=True,
+        )
+        for shard in shards
+        if shard
+    ]
+    for p in procs:
+        p.start()
+    return procs, out
+
+
+def _client_extra(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "client_procs": len(reports),
+        "connect_failed": sum(int(r["failed"]) for r in reports),
+        "events": sum(int(r["events"]) for r in reports),
+        "client_max_late_ms": round(1000 * max(float(r["max_late_s"]) for r in reports), 1),
+        "client_start_late_ms": round(1000 * max(float(r["start_late_s"]) for r in reports), 1),
     }
 
 
@@ -575,33 +631,7 @@ async def run_ws_streams(
         return live
 
     hub.open_stream = open_and_watch  # type: ignore[method-assign]
-    pcm = (np.clip(np.round(audio * 32768.0), -32768, 32767).astype("<i2")).tobytes()
-    ctx = mp.get_context("spawn")
-    out: Any = ctx.Queue()
-    names = [f"ws-{i}" for i in range(streams)]
-    frame = rate * chunk_ms // 1000 * 2
-    offsets = [(i * (len(pcm) // max(streams, 1))) // frame * frame for i in range(streams)]
-    shards = [list(range(p, streams, procs_n)) for p in range(procs_n)]
-    procs = [
-        ctx.Process(
-            target=_ws_clients,
-            args=(
-                port,
-                [names[i] for i in shard],
-                pcm,
-                [offsets[i] for i in shard],
-                chunk_ms,
-                t0,
-                duration_s,
-                out,
-            ),
-            daemon=True,
-        )
-        for shard in shards
-        if shard
-    ]
-    for p in procs:
-        p.start()
+    procs, out = _start_clients(port, audio, streams, chunk_ms, t0, duration_s, procs_n)
     # measure from t0 (connections are set up before it)
     await asyncio.sleep(max(0.0, t0 - time.time()))
     run = _Run(hub, opened, time.perf_counter(), _cpu_s(), lags)
@@ -624,14 +654,7 @@ async def run_ws_streams(
         gpu=gpu,
         embedder=embedder,
         client_cpu=client_cpu,
-        extra={
-            "client_procs": len(procs),
-            "connect_failed": sum(int(r["failed"]) for r in reports),
-            "events": sum(int(r["events"]) for r in reports),
-            "client_max_late_ms": round(1000 * max(float(r["max_late_s"]) for r in reports), 1),
-            "client_start_late_ms": round(1000 * max(float(r["start_late_s"]) for r in reports), 1),
-            "ws_rejections": stats.rejections,
-        },
+        extra={**_client_extra(reports), "ws_rejections": stats.rejections},
     )
     failed = int(res.extra["connect_failed"])
     if failed or float(res.extra["client_start_late_ms"]) > 0:
@@ -863,3 +886,128 @@ def compare(
         }
     )
     return out
+
+
+# -- WebSockets, front-end worker processes ----------------------------------------------------
+
+
+async def run_pool_streams(
+    embedder: Embedder,
+    audio: NDArray[np.float32],
+    *,
+    streams: int,
+    workers: int,
+    duration_s: float,
+    hop_s: float = 0.5,
+    window_s: float = 2.0,
+    chunk_ms: int = 20,
+    engine: EngineConfig | None = None,
+    p99_ms: float = DEFAULT_P99_MS,
+    client_procs: int | None = None,
+    setup_s: float | None = None,
+    slice_s: float | None = None,
+) -> StreamsResult:
+    """N WebSocket clients -> the daemon's :class:`WorkerPool` (``websocket.workers``)
+    -> one model in this process. Latency, skipped hops and counts come from the
+    workers (as the daemon's metrics get them); the feed's lag is the clients' lateness."""
+    from voiceid.config import LogSection, Settings, WebSocketSection
+    from voiceid.runtime.workers import WorkerPool, reserve_port
+    from voiceid.sources.websocket import WebSocketStats
+
+    cfg = _stream_config(embedder, hop_s, window_s, slice_s)
+    hub = Hub(
+        embedder,
+        random_index(embedder.fingerprint, embedder.card.dim),
+        cfg,
+        engine or EngineConfig(),
+        max_streams=streams,
+    )
+    await asyncio.to_thread(_prepare, hub)
+    await hub.start()
+    ws_cfg = WebSocketSection(port=0, max_streams=streams, event_queue=1024, workers=workers)
+    settings = Settings(websocket=ws_cfg, log=LogSection(level="WARNING"))
+    sock = reserve_port("127.0.0.1", 0)
+    port = int(sock.getsockname()[1])
+    stats = WebSocketStats()
+    pool = WorkerPool(hub, settings, port, workers=workers, websocket_stats=stats)
+    await pool.start()
+    supervisor = asyncio.create_task(pool.run())
+    loop = asyncio.get_running_loop()
+    procs_n = client_procs or max(1, min((os.cpu_count() or 2) // 2, (streams + 199) // 200))
+    t0 = time.time() + (setup_s if setup_s is not None else 3.0 + streams / 400)
+    procs, out = _start_clients(port, audio, streams, chunk_ms, t0, duration_s, procs_n)
+    await asyncio.sleep(max(0.0, t0 - time.time()))
+    hub.hop_latency_ms.clear()  # warm-up windows are not part of the run
+    wall0, cpu0 = time.perf_counter(), _cpu_s()
+    b0 = pool.batcher.stats()
+    cpu_w0 = {w.wid: float(w.stats.get("cpu_s", 0.0)) for w in pool.workers()}
+    with GpuSampler() as gpu:
+        reports = [await loop.run_in_executor(None, out.get) for _ in procs]
+        deadline = time.monotonic() + 5.0  # the last windows come back
+        while time.monotonic() < deadline and (
+            pool.totals()["scored"] < pool.totals()["windows"] or pool.totals()["streams"]
+        ):
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1.0)  # one more stats message from every worker
+    wall = time.perf_counter() - wall0
+    cpu = _cpu_s() - cpu0
+    for p in procs:
+        p.join(10)
+    b1 = pool.batcher.stats()
+    totals = pool.totals()
+    worker_cpu = [float(w.stats.get("cpu_s", 0.0)) - cpu_w0.get(w.wid, 0.0) for w in pool.workers()]
+    supervisor.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await supervisor
+    sock.close()
+    await hub.close()
+    lat = list(hub.hop_latency_ms)
+    p99 = _pct(lat, 0.99)
+    extra = _client_extra(reports)
+    max_late = float(extra["client_max_late_ms"])
+    realtime = (
+        hub.skipped_hops == 0
+        and max_late < 1000 * hop_s
+        and totals["scored"] == totals["windows"]
+        and extra["connect_failed"] == 0
+        and extra["client_start_late_ms"] < 100
+    )
+    batches = b1.batches - b0.batches
+    windows = b1.windows - b0.windows
+    return StreamsResult(
+        streams=streams,
+        duration_s=duration_s,
+        hop_s=hop_s,
+        window_s=window_s,
+        provider=embedder.model.provider,
+        windows=windows,
+        requested=totals["windows"],
+        scored=totals["scored"],
+        skipped_hops=hub.skipped_hops,
+        batches=batches,
+        mean_batch=round(windows / batches, 2) if batches else 0.0,
+        p50_ms=round(statistics.median(lat), 1) if lat else float("nan"),
+        p99_ms=p99,
+        max_ms=round(max(lat), 1) if lat else float("nan"),
+        max_lag_ms=max_late,
+        p99_lag_ms=max_late,
+        cpu_per_wall=round(cpu / wall, 2),
+        gpu_util=gpu.mean(),
+        gpu_util_max=gpu.max(),
+        realtime=realtime,
+        holds=realtime and bool(lat) and p99 <= p99_ms,
+        p99_target_ms=p99_ms,
+        mode=f"ws+{workers}workers",
+        chunk_ms=chunk_ms,
+        windows_per_s=round(totals["scored"] / duration_s, 1),
+        client_cpu_per_wall=round(sum(float(r["cpu_s"]) for r in reports) / wall, 2),
+        extra={
+            **extra,
+            "workers": workers,
+            "worker_cpu_per_wall_max": round(max(worker_cpu, default=0.0) / wall, 2),
+            "worker_cpu_per_wall_sum": round(sum(worker_cpu) / wall, 2),
+            "ws_rejections": stats.rejections,
+            "ws_rejected": dict(stats.rejected),
+            "restarts": pool.restarts,
+        },
+    )

@@ -26,6 +26,7 @@ from voiceid.benchmarks.streams import (
     StreamsResult,
     compare,
     find_max,
+    run_pool_streams,
     run_streams,
     run_ws_streams,
     speech_loop,
@@ -130,6 +131,12 @@ def register(sub: Any) -> None:
     s.add_argument("--max-wait-ms", type=float, default=5.0)
     s.add_argument("--max-pending", type=int, default=None, help="default: 4 x max-batch")
     s.add_argument("--client-procs", type=int, default=None, help="--ws client processes")
+    s.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="WebSocket front-end worker processes (websocket.workers; implies --ws)",
+    )
     s.add_argument("--audio", type=Path, default=None)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_streams)
@@ -224,6 +231,12 @@ def cmd_streams(args: argparse.Namespace) -> int:
             "p99_ms": args.p99_ms,
             "slice_s": args.slice_s,
         }
+        if args.workers:
+            return asyncio.run(
+                run_pool_streams(
+                    embedder, audio, workers=args.workers, client_procs=args.client_procs, **kw
+                )
+            )
         if args.ws:
             return asyncio.run(
                 run_ws_streams(embedder, audio, client_procs=args.client_procs, **kw)

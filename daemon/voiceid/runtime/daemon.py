@@ -388,27 +388,27 @@ class Daemon:
 
     async def _start_workers(self, tg: asyncio.TaskGroup, hub: Hub) -> asyncio.Task[None]:
         """``websocket.workers`` front-end processes on one listening socket."""
-        from voiceid.runtime.workers import WorkerPool, listen
+        from voiceid.runtime.workers import WorkerPool, reserve_port
         from voiceid.sources.websocket import WebSocketStats
 
         ws = self.settings.websocket
         failed: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         try:
-            sock = listen(ws.host, ws.port)
+            sock = reserve_port(ws.host, ws.port)  # held until the workers are gone
         except OSError as exc:
             failed.set_exception(exc)
             await _listening("websocket", ws, failed)  # raises the one-line error
             raise
+        port = self.ports["websocket"] = int(sock.getsockname()[1])
         self.websocket_stats = WebSocketStats()
         self.pool = pool = WorkerPool(
             hub,
             self.settings,
-            sock,
+            port,
             workers=ws.workers,
             websocket_stats=self.websocket_stats,
             ports=self.ports,
         )
-        self.ports["websocket"] = int(sock.getsockname()[1])
         try:
             await pool.start()
         except BaseException:

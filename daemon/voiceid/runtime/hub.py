@@ -45,6 +45,16 @@ class EngineConfig:
     batch_buckets: bool = True  # pad batches to powers of two (on a GPU only, see Hub)
 
 
+class TooManyStreams(ProtocolError):
+    """All ``max_streams`` streams are open (WebSocket close 1013: try again later)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"too many streams ({limit} open)", hint="retry later, or raise websocket.max_streams"
+        )
+        self.limit = limit
+
+
 @dataclass(frozen=True, slots=True)
 class RemoteStream:
     """A stream open in a front-end worker process (see ``runtime/workers.py``)."""

@@ -1,11 +1,11 @@
 """A front-end worker process (``websocket.workers`` > 0): one core's share of the streams.
 
-A worker accepts WebSocket connections on the listening socket it shares with the other
-workers and runs everything per stream that the daemon process runs for its own streams:
-PCM decoding, voice gate, Kaldi fbank, hop scheduling, scoring, decisions, events to the
-stream's client. Only the model runs elsewhere: :class:`RemoteEmbedder` sends each batch
-of windows to the daemon process (``runtime/workers.py``), which batches the windows of
-all workers into one model call.
+A worker accepts WebSocket connections on its own listening socket on the port that all
+workers share (``SO_REUSEPORT``) and runs everything per stream that the daemon process
+runs for its own streams: PCM decoding, voice gate, Kaldi fbank, hop scheduling,
+scoring, decisions, events to the stream's client. Only the model runs elsewhere:
+:class:`RemoteEmbedder` sends each batch of windows to the daemon process
+(``runtime/workers.py``), which batches the windows of all workers into one model call.
 
 Two pipes to the daemon process:
 
@@ -25,9 +25,9 @@ import contextlib
 import itertools
 import logging
 import signal
-import socket
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection
@@ -41,7 +41,7 @@ from voiceid.errors import ProtocolError
 from voiceid.models.card import ModelCard
 from voiceid.models.embedder import Embedder
 from voiceid.runtime.bus import DEFAULT_QUEUE, EventBus, Subscription
-from voiceid.runtime.hub import EngineConfig, Hub, LiveStream
+from voiceid.runtime.hub import EngineConfig, Hub, LiveStream, TooManyStreams
 from voiceid.runtime.wire import pack_feats, unpack_embs
 from voiceid.stream.events import Event
 from voiceid.stream.pipeline import Scorer, StreamConfig
@@ -54,10 +54,11 @@ STATS_INTERVAL_S = 0.5  # counters and hop latencies go to the daemon process th
 
 @dataclass(frozen=True)
 class WorkerSpec:
-    """Everything a worker needs besides its pipes and the listening socket."""
+    """Everything a worker needs besides its pipes."""
 
     wid: int
-    settings: Settings  # websocket.max_streams already this worker's share
+    settings: Settings
+    port: int  # the shared WebSocket port (bound by the daemon process)
     card: ModelCard
     fingerprint: str
     engine: EngineConfig  # the worker's own batching, before the daemon's
@@ -157,7 +158,7 @@ class WorkerHub(Hub):
         super().__init__(embedder, scorer, stream_config, engine_config, max_streams=max_streams)
         self.link = link
         self.bus: ForwardingBus = ForwardingBus(link, self)
-        self._claims: dict[int, asyncio.Future[bool]] = {}
+        self._claims: dict[int, asyncio.Future[str]] = {}
         self._ids = itertools.count()
         self.closed_windows = self.closed_scored = 0  # of streams already closed
         self._sent_skipped = self._sent_failed = 0
@@ -165,11 +166,11 @@ class WorkerHub(Hub):
     async def reserve(self, name: str) -> None:
         self._check_free(name)
         req = next(self._ids)
-        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._claims[req] = fut
         self.link.send("claim", req, name)
         try:
-            ok = await asyncio.wait_for(fut, CLAIM_TIMEOUT_S)
+            answer = await asyncio.wait_for(fut, CLAIM_TIMEOUT_S)
         except TimeoutError:
             raise ProtocolError(
                 f"stream {name!r}: the daemon process did not answer",
@@ -177,16 +178,18 @@ class WorkerHub(Hub):
             ) from None
         finally:
             self._claims.pop(req, None)
-        if not ok:
+        if answer == "taken":
             raise ProtocolError(
                 f"stream {name!r} is already open",
                 hint="use another stream name or close the other one",
             )
+        if answer == "full":
+            raise TooManyStreams(self.max_streams)
 
-    def claimed(self, req: int, ok: bool) -> None:
+    def claimed(self, req: int, answer: str) -> None:
         fut = self._claims.get(req)
         if fut is not None and not fut.done():
-            fut.set_result(ok)
+            fut.set_result(answer)
 
     def open_stream(self, name: str, **kwargs: Any) -> LiveStream:
         try:
@@ -219,10 +222,11 @@ class WorkerHub(Hub):
             "scored": self.closed_scored + sum(s.core.stats.scored for s in live),
             "websocket": asdict(websocket),
             "engine": asdict(self.engine.stats()),
+            "cpu_s": time.process_time(),  # this worker's CPU seconds so far
         }
 
 
-def worker_main(spec: WorkerSpec, ctl: Connection, emb: Connection, sock: socket.socket) -> None:
+def worker_main(spec: WorkerSpec, ctl: Connection, emb: Connection) -> None:
     """Process entry point (``multiprocessing`` spawn)."""
     # the daemon process stops its workers through the pipe: Ctrl-C or systemd's SIGTERM
     # to the whole group must not kill them before their streams' last events are out
@@ -232,9 +236,9 @@ def worker_main(spec: WorkerSpec, ctl: Connection, emb: Connection, sock: socket
     try:
         import uvloop
 
-        uvloop.run(_serve(spec, ctl, emb, sock))
+        uvloop.run(_serve(spec, ctl, emb))
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        asyncio.run(_serve(spec, ctl, emb, sock))
+        asyncio.run(_serve(spec, ctl, emb))
 
 
 def _logging(spec: WorkerSpec) -> None:
@@ -255,7 +259,8 @@ def _logging(spec: WorkerSpec) -> None:
         handler.addFilter(tag)
 
 
-async def _serve(spec: WorkerSpec, ctl: Connection, emb: Connection, sock: socket.socket) -> None:
+async def _serve(spec: WorkerSpec, ctl: Connection, emb: Connection) -> None:
+    from voiceid.runtime.workers import listen_shared
     from voiceid.security import Security
     from voiceid.sources.websocket import WebSocketStats, serve_websocket
 
@@ -303,6 +308,7 @@ async def _serve(spec: WorkerSpec, ctl: Connection, emb: Connection, sock: socke
     started: asyncio.Future[int] = loop.create_future()
     try:
         security = Security.from_settings(spec.settings, ports=spec.ports)
+        sock = listen_shared(ws_cfg.host, spec.port)
     except Exception as exc:
         link.send("failed", str(exc))
         return

@@ -4,8 +4,8 @@ One daemon process holds a few hundred live streams: beyond that its one core is
 of per-stream work (WebSocket frames, PCM decoding, voice gate, fbank, decisions), while
 the GPU idles. With ``websocket.workers: N`` the daemon process keeps the model, MQTT,
 HTTP, the microphones and the profiles, and N worker processes (``runtime/remote.py``)
-accept the WebSocket streams on one shared listening socket (each connection goes to the
-worker that accepts it first, i.e. to an idle one) and do that per-stream work.
+accept the WebSocket streams on one shared port (``SO_REUSEPORT``: the kernel spreads the
+connections over the workers) and do that per-stream work.
 
 :class:`WorkerPool`, on the daemon's event loop:
 
@@ -80,13 +80,26 @@ class _Worker:
             self.gone = True
 
 
-def listen(host: str, port: int, backlog: int = 4096) -> socket.socket:
-    """The listening socket the workers share (``port`` 0: an ephemeral one)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+def reserve_port(host: str, port: int) -> socket.socket:
+    """A bound, not listening, ``SO_REUSEPORT`` socket that holds the workers' port
+    (``port`` 0: an ephemeral one) for as long as the daemon runs."""
+    sock = socket.socket(_family(host), socket.SOCK_STREAM)
     try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def listen_shared(host: str, port: int, backlog: int = 4096) -> socket.socket:
+    """A worker's own listening socket on the shared port: the kernel spreads the
+    connections evenly over the workers' sockets (``SO_REUSEPORT``), and a worker that
+    dies takes only its own accept queue with it."""
+    sock = reserve_port(host, port)
+    try:
         sock.listen(backlog)
     except OSError:
         sock.close()
@@ -95,14 +108,21 @@ def listen(host: str, port: int, backlog: int = 4096) -> socket.socket:
     return sock
 
 
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
 class WorkerPool:
-    """N worker processes around ``hub``; ``await start()``, then ``await run()``."""
+    """N worker processes around ``hub``; ``await start()``, then ``await run()``.
+
+    ``port``: the port held by :func:`reserve_port`, where every worker listens.
+    """
 
     def __init__(
         self,
         hub: Hub,
         settings: Settings,
-        sock: socket.socket,
+        port: int,
         *,
         workers: int,
         websocket_stats: Any,
@@ -110,7 +130,7 @@ class WorkerPool:
     ) -> None:
         self.hub = hub
         self.settings = settings
-        self.sock = sock
+        self.port = port
         self.n = workers
         self.websocket_stats = websocket_stats
         self.ports = ports if ports is not None else {}
@@ -200,12 +220,10 @@ class WorkerPool:
         ctl_here, ctl_there = self._ctx.Pipe()
         emb_here, emb_there = self._ctx.Pipe()
         settings = self.settings
-        per = -(-settings.websocket.max_streams // self.n)  # this worker's share, rounded up
         spec = WorkerSpec(
             wid=wid,
-            settings=settings.model_copy(
-                update={"websocket": settings.websocket.model_copy(update={"max_streams": per})}
-            ),
+            settings=settings,  # (max_streams is checked here, on each claim, for all workers)
+            port=self.port,
             card=self.hub.embedder.card,
             fingerprint=self.hub.embedder.fingerprint,
             engine=EngineConfig(
@@ -218,7 +236,7 @@ class WorkerPool:
         )
         process = self._ctx.Process(
             target=worker_main,
-            args=(spec, ctl_there, emb_there, self.sock),
+            args=(spec, ctl_there, emb_there),
             name=f"voiceid-worker-{wid}",
             daemon=True,
         )
@@ -302,10 +320,13 @@ class WorkerPool:
                     other.send("events", events)
         elif kind == "claim":
             req, name = message[1], message[2]
-            free = name not in hub.streams and name not in hub.remote
-            if free:
+            if name in hub.streams or name in hub.remote:
+                w.send("claimed", req, "taken")
+            elif len(hub.remote) >= self.settings.websocket.max_streams:
+                w.send("claimed", req, "full")
+            else:
                 hub.remote[name] = RemoteStream(w.wid, time.time())
-            w.send("claimed", req, free)
+                w.send("claimed", req, "ok")
         elif kind == "closed":
             got = hub.remote.get(message[1])
             if got is not None and got.worker == w.wid:

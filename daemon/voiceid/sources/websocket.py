@@ -49,7 +49,7 @@ from websockets.http11 import Request, Response
 from voiceid.config import WebSocketSection
 from voiceid.errors import ProtocolError
 from voiceid.runtime.bus import Subscription
-from voiceid.runtime.hub import Hub, LiveStream
+from voiceid.runtime.hub import Hub, LiveStream, TooManyStreams
 from voiceid.security import Denied, Security
 from voiceid.security.tokens import MalformedCredentials, Scope, split_query_token
 from voiceid.sources.protocol import (
@@ -557,20 +557,14 @@ class WebSocketServer:
         if self._closing:
             await self._fail(ws, Failure(CloseCode.GOING_AWAY, Reason.SHUTDOWN), "shutdown")
             return
-        if len(self._streams) >= cfg.max_streams or len(hub.streams) >= hub.max_streams:
-            limit = min(cfg.max_streams, hub.max_streams)
-            await self._fail(
-                ws,
-                Failure(
-                    CloseCode.TRY_AGAIN_LATER,
-                    f"too many streams ({limit} open)",
-                    hint="retry later, or raise websocket.max_streams",
-                ),
-                "max_streams",
-            )
-            return
         try:
+            if len(self._streams) >= cfg.max_streams or len(hub.streams) >= hub.max_streams:
+                raise TooManyStreams(min(cfg.max_streams, hub.max_streams))
             await hub.reserve(start.stream)  # (a worker process asks the daemon process)
+        except TooManyStreams as exc:
+            failure = Failure(CloseCode.TRY_AGAIN_LATER, exc.message, hint=exc.hint)
+            await self._fail(ws, failure, "max_streams")
+            return
         except ProtocolError as exc:
             await self._fail(ws, Failure.of(exc), "duplicate")
             return
