@@ -165,4 +165,14 @@ s5-1|s5-2|s5-3|s5-4) true ;;
 s5-5)
   timeout 300 python3 bench/gpu/pool.py --workers 14 --streams 3500 4200 5600 7000 --audio "$AUDIO" --out "$OUT/pool5.jsonl" | cut -c1-600
   ;;
+# -- session 3: the daemon's own front-end worker processes (websocket.workers) ----------
+s6-1|s6-2|s6-3|s6-4) true ;;
+s6-5)
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; nproc
+  for n in 2800 4200 5600; do
+    timeout 150 python3 -m voiceid bench streams --workers 12 --client-procs 3 --stagger --chunk-ms 100 \
+      --max-batch 512 --streams $n --duration 12 --audio "$AUDIO" --json > "$OUT/pool-$n.json"
+    python3 -c "import json,sys; r=json.load(open(sys.argv[1]))['runs'][0]; print({k: r[k] for k in ('mode','streams','windows_per_s','delivered','skipped_hops','mean_batch','p50_ms','p99_ms','max_ms','max_lag_ms','cpu_per_wall','gpu_util','holds')}, r['extra'])" "$OUT/pool-$n.json"
+  done
+  ;;
 esac

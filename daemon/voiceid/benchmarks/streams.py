@@ -423,6 +423,7 @@ def _ws_clients(
     t0: float,
     duration_s: float,
     out: Any,
+    ahead: list[int] | None = None,
 ) -> None:
     """One client process: ``len(names)`` streams over WebSockets, paced in real time."""
     try:
@@ -431,7 +432,7 @@ def _ws_clients(
         uvloop.install()
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
         pass
-    res = asyncio.run(_ws_clients_async(port, names, pcm, offsets, chunk_ms, t0, duration_s))
+    res = asyncio.run(_ws_clients_async(port, names, pcm, offsets, chunk_ms, t0, duration_s, ahead))
     r = resource.getrusage(resource.RUSAGE_SELF)
     res["cpu_s"] = r.ru_utime + r.ru_stime
     out.put(res)
@@ -445,7 +446,9 @@ async def _ws_clients_async(
     chunk_ms: int,
     t0: float,
     duration_s: float,
+    ahead: list[int] | None = None,
 ) -> dict[str, Any]:
+    """``ahead[i]``: bytes of stream i sent at once before t0 (staggered hop ends)."""
     from websockets.asyncio.client import ClientConnection, connect
 
     from voiceid.sources.protocol import STOP_MESSAGE, StartMessage
@@ -479,6 +482,12 @@ async def _ws_clients_async(
                 events += 1
 
     conns = await asyncio.gather(*(open_one(n) for n in names))
+    offsets = list(offsets)
+    for i, ws in enumerate(conns):
+        if ws is not None and ahead and ahead[i]:
+            with contextlib.suppress(Exception):
+                await ws.send(pcm[offsets[i] : offsets[i] + ahead[i]])
+            offsets[i] += ahead[i]
     readers = [asyncio.create_task(reader(ws)) for ws in conns if ws is not None]
     ticks = int(duration_s * 1000 / chunk_ms)
     max_late = 0.0
@@ -524,8 +533,12 @@ def _start_clients(
     t0: float,
     duration_s: float,
     procs_n: int,
+    stagger_s: float = 0.0,
 ) -> tuple[list[Any], Any]:
-    """``procs_n`` client processes with ``streams`` WebSocket streams between them."""
+    """``procs_n`` client processes with ``streams`` WebSocket streams between them.
+
+    ``stagger_s`` (a hop): stream i first sends i/N of it at once, so that the hop ends
+    of the streams spread over the hop (streams that connected at different times)."""
     rate = 16000
     pcm = (np.clip(np.round(audio * 32768.0), -32768, 32767).astype("<i2")).tobytes()
     ctx = mp.get_context("spawn")
@@ -534,6 +547,8 @@ def _start_clients(
     frame = rate * chunk_ms // 1000 * 2
     offsets = [(i * (len(pcm) // max(streams, 1))) // frame * frame for i in range(streams)]
     shards = [list(range(p, streams, procs_n)) for p in range(procs_n)]
+    hop = int(stagger_s * rate) * 2
+    ahead = [(i * hop // max(streams, 1)) // frame * frame for i in range(streams)]
     procs = [
         ctx.Process(
             target=_ws_clients,
@@ -546,6 +561,7 @@ def _start_clients(
                 t0,
                 duration_s,
                 out,
+                [ahead[i] for i in shard],
             ),
             daemon=True,
         )
@@ -906,6 +922,7 @@ async def run_pool_streams(
     client_procs: int | None = None,
     setup_s: float | None = None,
     slice_s: float | None = None,
+    stagger: bool = False,
 ) -> StreamsResult:
     """N WebSocket clients -> the daemon's :class:`WorkerPool` (``websocket.workers``)
     -> one model in this process. Latency, skipped hops and counts come from the
@@ -935,7 +952,9 @@ async def run_pool_streams(
     loop = asyncio.get_running_loop()
     procs_n = client_procs or max(1, min((os.cpu_count() or 2) // 2, (streams + 199) // 200))
     t0 = time.time() + (setup_s if setup_s is not None else 3.0 + streams / 400)
-    procs, out = _start_clients(port, audio, streams, chunk_ms, t0, duration_s, procs_n)
+    procs, out = _start_clients(
+        port, audio, streams, chunk_ms, t0, duration_s, procs_n, hop_s if stagger else 0.0
+    )
     await asyncio.sleep(max(0.0, t0 - time.time()))
     hub.hop_latency_ms.clear()  # warm-up windows are not part of the run
     wall0, cpu0 = time.perf_counter(), _cpu_s()
@@ -997,7 +1016,7 @@ async def run_pool_streams(
         realtime=realtime,
         holds=realtime and bool(lat) and p99 <= p99_ms,
         p99_target_ms=p99_ms,
-        mode=f"ws+{workers}workers",
+        mode=f"ws+{workers}workers" + ("-staggered" if stagger else ""),
         chunk_ms=chunk_ms,
         windows_per_s=round(totals["scored"] / duration_s, 1),
         client_cpu_per_wall=round(sum(float(r["cpu_s"]) for r in reports) / wall, 2),

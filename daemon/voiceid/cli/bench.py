@@ -116,7 +116,7 @@ def register(sub: Any) -> None:
     s.add_argument(
         "--stagger",
         action="store_true",
-        help="in-process: spread the streams' hop ends over the hop (default: all aligned)",
+        help="in-process, --workers: spread the streams' hop ends over a hop (default: aligned)",
     )
     s.add_argument("--find-max", action="store_true", help="largest N that holds (doubling)")
     s.add_argument("--start", type=int, default=16, help="--find-max: first N")
@@ -234,7 +234,12 @@ def cmd_streams(args: argparse.Namespace) -> int:
         if args.workers:
             return asyncio.run(
                 run_pool_streams(
-                    embedder, audio, workers=args.workers, client_procs=args.client_procs, **kw
+                    embedder,
+                    audio,
+                    workers=args.workers,
+                    client_procs=args.client_procs,
+                    stagger=args.stagger,
+                    **kw,
                 )
             )
         if args.ws:
