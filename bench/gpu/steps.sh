@@ -175,4 +175,11 @@ s6-5)
     python3 -c "import json,sys; r=json.load(open(sys.argv[1]))['runs'][0]; print({k: r[k] for k in ('mode','streams','windows_per_s','delivered','skipped_hops','mean_batch','p50_ms','p99_ms','max_ms','max_lag_ms','cpu_per_wall','gpu_util','holds')}, r['extra'])" "$OUT/pool-$n.json"
   done
   ;;
+s6-6)  # the batcher stops waiting once every worker has a block queued; workers do not wait
+  for n in 1400 2100 2800 3500; do
+    timeout 120 python3 -m voiceid bench streams --workers 12 --client-procs 3 --stagger --chunk-ms 100 \
+      --max-batch 512 --streams $n --duration 12 --audio "$AUDIO" --json > "$OUT/pool6-$n.json"
+    python3 -c "import json,sys; r=json.load(open(sys.argv[1]))['runs'][0]; print({k: r[k] for k in ('mode','streams','windows_per_s','delivered','skipped_hops','mean_batch','p50_ms','p99_ms','max_ms','max_lag_ms','cpu_per_wall','gpu_util','holds')}, r['extra'])" "$OUT/pool6-$n.json"
+  done
+  ;;
 esac

@@ -3,9 +3,10 @@
 Each front-end worker process sends its windows as one block [n, T, F] per call and
 waits for the answer; :class:`BlockBatcher` (one thread) gathers the blocks of all
 workers that share a window length T, up to ``max_batch`` windows or ``max_wait_ms``
-after the first, copies them straight into one reused float32 batch (padded to a
-power-of-two bucket when ``pad_batches``), runs the model once and hands every block
-its rows. No Python object per window: the per-window cost is one row copy.
+after the first (or until every producer has a block queued), copies them straight into
+one reused float32 batch (padded to a power-of-two bucket when ``pad_batches``), runs
+the model once and hands every block its rows. No Python object per window: the
+per-window cost is one row copy.
 
 Bounded: a worker has at most one block in flight, so at most ``workers`` blocks wait.
 An exception in the model fails only the blocks of that batch (their callback gets the
@@ -50,6 +51,7 @@ class BlockBatcher:
         max_wait_ms: float = 2.0,
         pad_batches: bool = False,
         embed_lock: threading.Lock | None = None,
+        producers: int | None = None,
         name: str = "voiceid-blocks",
     ) -> None:
         self._embed = embed
@@ -57,6 +59,10 @@ class BlockBatcher:
         self.max_wait_s = max_wait_ms / 1000.0
         self.buckets = batch_buckets(max_batch) if pad_batches else None
         self._lock = embed_lock or threading.Lock()  # shared with the hub's own engine
+        # each producer has at most one block in flight: once all of them have one queued,
+        # waiting longer cannot fill the batch any further
+        self.producers = producers
+        self._blocks = 0  # blocks queued
         self._queues: dict[int, deque[_Block]] = {}  # window frames T -> blocks, oldest first
         self._waiting = 0  # windows queued
         self._cond = threading.Condition()
@@ -74,6 +80,7 @@ class BlockBatcher:
                 return
             self._queues.setdefault(feats.shape[1], deque()).append(_Block(feats, done))
             self._waiting += len(feats)
+            self._blocks += 1
             self._cond.notify()
 
     def close(self, timeout_s: float = 10.0) -> None:
@@ -107,6 +114,8 @@ class BlockBatcher:
                 return None
             deadline = time.monotonic() + self.max_wait_s
             while self._waiting < self.max_batch and not self._closing:
+                if self.producers is not None and self._blocks >= self.producers:
+                    break
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
@@ -119,6 +128,7 @@ class BlockBatcher:
                 taken.append(queue.popleft())
                 n += len(taken[-1].feats)
             self._waiting -= n
+            self._blocks -= len(taken)
             return taken
 
     def _work(self) -> None:

@@ -142,6 +142,7 @@ class WorkerPool:
             max_wait_ms=ec.max_wait_ms,
             pad_batches=hub.pad_batches,
             embed_lock=hub.engine.embed_lock,  # one model call at a time with the hub's own
+            producers=workers,
         )
         self._ctx = mp.get_context("spawn")
         self._workers: dict[int, _Worker] = {}
@@ -228,7 +229,7 @@ class WorkerPool:
             fingerprint=self.hub.embedder.fingerprint,
             engine=EngineConfig(
                 max_batch=self.hub.engine_config.max_batch,
-                max_wait_ms=self.hub.engine_config.max_wait_ms,
+                max_wait_ms=0.0,  # no wait here: the batcher above gathers the workers' blocks
                 max_pending=self.hub.engine_config.max_pending,
                 batch_buckets=False,
             ),
