@@ -244,6 +244,22 @@ def _prepare(hub: Hub) -> None:
     prepare([(b, t) for t in frames for b in sizes])
 
 
+async def _started_hub(
+    embedder: Embedder, cfg: StreamConfig, engine: EngineConfig | None, streams: int
+) -> Hub:
+    """The bench's hub: random profiles, every GPU bucket built, warmed up."""
+    hub = Hub(
+        embedder,
+        random_index(embedder.fingerprint, embedder.card.dim),
+        cfg,
+        engine or EngineConfig(),
+        max_streams=streams,
+    )
+    await asyncio.to_thread(_prepare, hub)
+    await hub.start()
+    return hub
+
+
 def _pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -348,15 +364,7 @@ async def run_streams(
     """
     rate = embedder.sample_rate
     cfg = _stream_config(embedder, hop_s, window_s, slice_s)
-    hub = Hub(
-        embedder,
-        random_index(embedder.fingerprint, embedder.card.dim),
-        cfg,
-        engine or EngineConfig(),
-        max_streams=streams,
-    )
-    await asyncio.to_thread(_prepare, hub)
-    await hub.start()
+    hub = await _started_hub(embedder, cfg, engine, streams)
     live = [hub.open_stream(f"bench-{i}", encoding=None) for i in range(streams)]
     chunk = rate * chunk_ms // 1000
     offsets = [(i * len(audio) // max(streams, 1)) % len(audio) for i in range(streams)]
@@ -604,15 +612,7 @@ async def run_ws_streams(
 
     rate = embedder.sample_rate
     cfg = _stream_config(embedder, hop_s, window_s, slice_s)
-    hub = Hub(
-        embedder,
-        random_index(embedder.fingerprint, embedder.card.dim),
-        cfg,
-        engine or EngineConfig(),
-        max_streams=streams,
-    )
-    await asyncio.to_thread(_prepare, hub)
-    await hub.start()
+    hub = await _started_hub(embedder, cfg, engine, streams)
     loop = asyncio.get_running_loop()
     procs_n = client_procs or max(1, min((os.cpu_count() or 2) // 2, (streams + 199) // 200))
     setup = setup_s if setup_s is not None else 3.0 + streams / 400
@@ -932,15 +932,7 @@ async def run_pool_streams(
     from voiceid.sources.websocket import WebSocketStats
 
     cfg = _stream_config(embedder, hop_s, window_s, slice_s)
-    hub = Hub(
-        embedder,
-        random_index(embedder.fingerprint, embedder.card.dim),
-        cfg,
-        engine or EngineConfig(),
-        max_streams=streams,
-    )
-    await asyncio.to_thread(_prepare, hub)
-    await hub.start()
+    hub = await _started_hub(embedder, cfg, engine, streams)
     ws_cfg = WebSocketSection(port=0, max_streams=streams, event_queue=1024, workers=workers)
     settings = Settings(websocket=ws_cfg, log=LogSection(level="WARNING"))
     sock = reserve_port("127.0.0.1", 0)

@@ -14,7 +14,7 @@ Two pipes to the daemon process:
 - ``ctl``: pickled tuples, both ways (event loop thread sends, a reader thread receives):
   out ``ready``/``failed``, ``events``, ``claim``/``closed`` (stream names are unique
   across workers), ``want`` (a local ``/events`` subscriber needs the other workers'
-  events), ``stats``, ``bye``; in ``scorer``, ``enabled``, ``events``, ``claimed``,
+  events), ``stats``; in ``scorer``, ``enabled``, ``events``, ``claimed``,
   ``stop``.
 """
 
@@ -338,4 +338,3 @@ async def _serve(spec: WorkerSpec, ctl: Connection, emb: Connection) -> None:
     await hub.close()
     link.flush()
     link.send("stats", hub.stats(stats))
-    link.send("bye")

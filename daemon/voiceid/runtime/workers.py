@@ -67,7 +67,6 @@ class _Worker:
     want: bool = False  # has an /events subscriber that needs the other workers' events
     gone: bool = False
     stopping: bool = False
-    said_bye: bool = False
     finished: asyncio.Event = field(default_factory=asyncio.Event)  # its pipe is closed
     stats: dict[str, Any] = field(default_factory=dict)  # its last stats message
 
@@ -339,13 +338,10 @@ class WorkerPool:
         elif kind == "ready":
             if not w.ready.done():
                 w.ready.set_result(int(message[1]))
-        elif kind == "failed":
-            if not w.ready.done():
-                w.ready.set_exception(
-                    VoiceidError(f"WebSocket worker {w.wid} failed to start: {message[1]}")
-                )
-        elif kind == "bye":
-            w.said_bye = True
+        elif kind == "failed" and not w.ready.done():
+            w.ready.set_exception(
+                VoiceidError(f"WebSocket worker {w.wid} failed to start: {message[1]}")
+            )
 
     def _add_stats(self, w: _Worker, stats: dict[str, Any]) -> None:
         hub = self.hub
