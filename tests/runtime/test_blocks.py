@@ -30,7 +30,9 @@ def block(first: float, n: int, frames: int = 10) -> NDArray[np.float32]:
     return x
 
 
-def run(batcher: BlockBatcher, blocks: list[NDArray[np.float32]]) -> list[tuple[object, object]]:
+def run(
+    batcher: BlockBatcher, blocks: list[NDArray[np.float32]], producers: list[str] | None = None
+) -> list[tuple[object, object]]:
     out: list[tuple[object, object]] = [(None, None)] * len(blocks)
     done = threading.Semaphore(0)
 
@@ -42,7 +44,7 @@ def run(batcher: BlockBatcher, blocks: list[NDArray[np.float32]]) -> list[tuple[
         return on
 
     for i, b in enumerate(blocks):
-        batcher.submit(b, callback(i))
+        batcher.submit(b, callback(i), producer=None if producers is None else producers[i])
     for _ in blocks:
         assert done.acquire(timeout=5)
     return out
@@ -89,3 +91,18 @@ def test_a_block_larger_than_max_batch_still_runs_and_close_refuses_new_ones() -
     b.close()
     ((y, err),) = run(b, [block(0, 1)])
     assert y is None and err == "the daemon is stopping"
+
+
+def test_waiting_ends_once_every_producer_has_a_block_queued() -> None:
+    model = Model()
+    b = BlockBatcher(model, max_batch=64, max_wait_ms=60_000, producers=2)
+    try:
+        got = threading.Event()
+        b.submit(block(0, 2), lambda y, err: None, producer="a")
+        b.submit(block(10, 3), lambda y, err: None, producer="a")  # a again: still waiting
+        assert not got.wait(0.3) and model.calls == []
+        b.submit(block(20, 1), lambda y, err: got.set(), producer="b")
+        assert got.wait(5)  # long before max_wait_ms
+        assert model.calls == [(6, 10, 4)]
+    finally:
+        b.close()

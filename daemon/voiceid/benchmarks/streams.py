@@ -923,11 +923,13 @@ async def run_pool_streams(
     setup_s: float | None = None,
     slice_s: float | None = None,
     stagger: bool = False,
+    inflight: int | None = None,
 ) -> StreamsResult:
     """N WebSocket clients -> the daemon's :class:`WorkerPool` (``websocket.workers``)
     -> one model in this process. Latency, skipped hops and counts come from the
     workers (as the daemon's metrics get them); the feed's lag is the clients' lateness."""
     from voiceid.config import LogSection, Settings, WebSocketSection
+    from voiceid.runtime.embclient import DEFAULT_INFLIGHT
     from voiceid.runtime.workers import WorkerPool, reserve_port
     from voiceid.sources.websocket import WebSocketStats
 
@@ -938,7 +940,10 @@ async def run_pool_streams(
     sock = reserve_port("127.0.0.1", 0)
     port = int(sock.getsockname()[1])
     stats = WebSocketStats()
-    pool = WorkerPool(hub, settings, port, workers=workers, websocket_stats=stats)
+    inflight = inflight or DEFAULT_INFLIGHT
+    pool = WorkerPool(
+        hub, settings, port, workers=workers, websocket_stats=stats, inflight=inflight
+    )
     await pool.start()
     supervisor = asyncio.create_task(pool.run())
     loop = asyncio.get_running_loop()
@@ -1015,6 +1020,7 @@ async def run_pool_streams(
         extra={
             **extra,
             "workers": workers,
+            "inflight": inflight,
             "worker_cpu_per_wall_max": round(max(worker_cpu, default=0.0) / wall, 2),
             "worker_cpu_per_wall_sum": round(sum(worker_cpu) / wall, 2),
             "ws_rejections": stats.rejections,

@@ -137,6 +137,12 @@ def register(sub: Any) -> None:
         default=0,
         help="WebSocket front-end worker processes (websocket.workers; implies --ws)",
     )
+    s.add_argument(
+        "--inflight",
+        type=int,
+        default=None,
+        help="--workers: embedding requests out per worker (default 4)",
+    )
     s.add_argument("--audio", type=Path, default=None)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_streams)
@@ -239,6 +245,7 @@ def cmd_streams(args: argparse.Namespace) -> int:
                     workers=args.workers,
                     client_procs=args.client_procs,
                     stagger=args.stagger,
+                    inflight=args.inflight,
                     **kw,
                 )
             )

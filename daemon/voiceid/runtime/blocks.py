@@ -1,14 +1,15 @@
 """Cross-process batching: blocks of windows from many workers -> one model call.
 
-Each front-end worker process sends its windows as one block [n, T, F] per call and
-waits for the answer; :class:`BlockBatcher` (one thread) gathers the blocks of all
-workers that share a window length T, up to ``max_batch`` windows or ``max_wait_ms``
-after the first (or until every producer has a block queued), copies them straight into
+Each front-end worker process sends its windows as blocks [n, T, F] (one per window
+length); :class:`BlockBatcher` (one thread) gathers the blocks of all workers that share
+a window length T, up to ``max_batch`` windows or ``max_wait_ms`` after the first (or
+until every producer has a block queued), copies them straight into
 one reused float32 batch (padded to a power-of-two bucket when ``pad_batches``), runs
 the model once and hands every block its rows. No Python object per window: the
 per-window cost is one row copy.
 
-Bounded: a worker has at most one block in flight, so at most ``workers`` blocks wait.
+Bounded by the producers: a worker has at most ``inflight`` requests out
+(``runtime/embclient.py``), each of at most ``max_batch`` windows.
 An exception in the model fails only the blocks of that batch (their callback gets the
 message); the thread keeps running.
 """
@@ -19,7 +20,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,6 +38,7 @@ Done = Callable[[NDArray[np.float32] | None, str | None], None]
 class _Block:
     feats: NDArray[np.float32]  # [n, T, F]
     done: Done
+    producer: Hashable
     at: float = field(default_factory=time.monotonic)
 
 
@@ -59,10 +61,10 @@ class BlockBatcher:
         self.max_wait_s = max_wait_ms / 1000.0
         self.buckets = batch_buckets(max_batch) if pad_batches else None
         self._lock = embed_lock or threading.Lock()  # shared with the hub's own engine
-        # each producer has at most one block in flight: once all of them have one queued,
-        # waiting longer cannot fill the batch any further
+        # once every producer has a block queued, waiting longer would only add latency:
+        # they send whatever they have at once, so the batch is as full as it gets soon
         self.producers = producers
-        self._blocks = 0  # blocks queued
+        self._queued: dict[Hashable, int] = {}  # producer -> blocks queued
         self._queues: dict[int, deque[_Block]] = {}  # window frames T -> blocks, oldest first
         self._waiting = 0  # windows queued
         self._cond = threading.Condition()
@@ -72,15 +74,15 @@ class BlockBatcher:
         self._thread = threading.Thread(target=self._work, name=name, daemon=True)
         self._thread.start()
 
-    def submit(self, feats: NDArray[np.float32], done: Done) -> None:
-        """Queue a block [n, T, F]; ``done`` is called once with its result."""
+    def submit(self, feats: NDArray[np.float32], done: Done, producer: Hashable = None) -> None:
+        """Queue a block [n, T, F] of ``producer``; ``done`` is called once with its result."""
         with self._cond:
             if self._closing:
                 done(None, "the daemon is stopping")
                 return
-            self._queues.setdefault(feats.shape[1], deque()).append(_Block(feats, done))
+            self._queues.setdefault(feats.shape[1], deque()).append(_Block(feats, done, producer))
             self._waiting += len(feats)
-            self._blocks += 1
+            self._queued[producer] = self._queued.get(producer, 0) + 1
             self._cond.notify()
 
     def close(self, timeout_s: float = 10.0) -> None:
@@ -114,7 +116,7 @@ class BlockBatcher:
                 return None
             deadline = time.monotonic() + self.max_wait_s
             while self._waiting < self.max_batch and not self._closing:
-                if self.producers is not None and self._blocks >= self.producers:
+                if self.producers is not None and len(self._queued) >= self.producers:
                     break
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -128,7 +130,12 @@ class BlockBatcher:
                 taken.append(queue.popleft())
                 n += len(taken[-1].feats)
             self._waiting -= n
-            self._blocks -= len(taken)
+            for b in taken:
+                left = self._queued[b.producer] - 1
+                if left:
+                    self._queued[b.producer] = left
+                else:
+                    del self._queued[b.producer]
             return taken
 
     def _work(self) -> None:

@@ -164,8 +164,12 @@ class Hub:
         # the CPU any batch size runs at the same speed per window and padding 9 windows to
         # 16 would only waste 44 % of the work
         self.pad_batches = ec.batch_buckets and on_gpu(embedder)
-        self.engine = BatchEngine(
-            embedder.embed_features,
+        self.engine = self._make_engine()
+
+    def _make_engine(self) -> BatchEngine:
+        ec = self.engine_config
+        return BatchEngine(
+            self.embedder.embed_features,
             self._deliver_from_thread,
             max_batch=ec.max_batch,
             max_wait_ms=ec.max_wait_ms,

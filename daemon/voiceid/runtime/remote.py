@@ -3,14 +3,15 @@
 A worker accepts WebSocket connections on its own listening socket on the port that all
 workers share (``SO_REUSEPORT``) and runs everything per stream that the daemon process
 runs for its own streams: PCM decoding, voice gate, Kaldi fbank, hop scheduling,
-scoring, decisions, events to the stream's client. Only the model runs elsewhere:
-:class:`RemoteEmbedder` sends each batch of windows to the daemon process
-(``runtime/workers.py``), which batches the windows of all workers into one model call.
+scoring, decisions, events to the stream's client. Only the model runs elsewhere: the
+hub's :class:`~voiceid.runtime.embclient.RemoteEngine` sends the queued windows to the
+daemon process (``runtime/workers.py``), which batches the windows of all workers into
+one model call.
 
 Two pipes to the daemon process:
 
-- ``emb``: feature blocks out, embeddings back (``runtime/wire.py``; the hub's engine
-  thread, one block in flight);
+- ``emb``: requests of windows out, embeddings back (``runtime/wire.py``,
+  ``runtime/embclient.py``: all window lengths in one request, ``inflight`` requests out);
 - ``ctl``: pickled tuples, both ways (event loop thread sends, a reader thread receives):
   out ``ready``/``failed``, ``events``, ``claim``/``closed`` (stream names are unique
   across workers), ``want`` (a local ``/events`` subscriber needs the other workers'
@@ -41,8 +42,9 @@ from voiceid.errors import ProtocolError
 from voiceid.models.card import ModelCard
 from voiceid.models.embedder import Embedder
 from voiceid.runtime.bus import DEFAULT_QUEUE, EventBus, Subscription
+from voiceid.runtime.embclient import DEFAULT_INFLIGHT, EmbedClient, RemoteEngine
 from voiceid.runtime.hub import EngineConfig, Hub, LiveStream, TooManyStreams
-from voiceid.runtime.wire import pack_feats, unpack_embs
+from voiceid.stream.engine import BatchEngine
 from voiceid.stream.events import Event
 from voiceid.stream.pipeline import Scorer, StreamConfig
 
@@ -63,23 +65,21 @@ class WorkerSpec:
     fingerprint: str
     engine: EngineConfig  # the worker's own batching, before the daemon's
     ports: dict[str, int]  # the daemon's bound ports (origin checks)
+    inflight: int = DEFAULT_INFLIGHT  # embedding requests out at a time
 
 
 class RemoteEmbedder(Embedder):
     """The model of the daemon process: ``embed_features`` is a round trip over a pipe."""
 
-    def __init__(self, card: ModelCard, fingerprint: str, conn: Connection) -> None:
+    def __init__(self, card: ModelCard, fingerprint: str, client: EmbedClient) -> None:
         # no local model (the hub's GPU checks see none): only the card and the pipe
         self.card = card
         self.fingerprint = fingerprint
-        self._conn = conn
-        self._lock = threading.Lock()
+        self.client = client
 
     def embed_features(self, feats: NDArray[np.float32]) -> NDArray[np.float32]:
         """[B, T, F] -> [B, D]; a failure in the daemon process raises ``WireError``."""
-        with self._lock:
-            self._conn.send_bytes(pack_feats(feats))
-            return unpack_embs(self._conn.recv_bytes())
+        return self.client.embed(feats)
 
 
 class Link:
@@ -148,7 +148,7 @@ class WorkerHub(Hub):
     def __init__(
         self,
         link: Link,
-        embedder: Embedder,
+        embedder: RemoteEmbedder,
         scorer: Scorer,
         stream_config: StreamConfig,
         engine_config: EngineConfig,
@@ -162,6 +162,17 @@ class WorkerHub(Hub):
         self._ids = itertools.count()
         self.closed_windows = self.closed_scored = 0  # of streams already closed
         self._sent_skipped = self._sent_failed = 0
+
+    def _make_engine(self) -> BatchEngine:
+        embedder = self.embedder
+        assert isinstance(embedder, RemoteEmbedder)
+        ec = self.engine_config
+        return RemoteEngine(
+            embedder.client,
+            self._deliver_from_thread,
+            max_batch=ec.max_batch,
+            max_pending=ec.max_pending,
+        )
 
     async def reserve(self, name: str) -> None:
         self._check_free(name)
@@ -271,7 +282,7 @@ async def _serve(spec: WorkerSpec, ctl: Connection, emb: Connection) -> None:
     ws_cfg = spec.settings.websocket
     hub = WorkerHub(
         link,
-        RemoteEmbedder(spec.card, spec.fingerprint, emb),
+        RemoteEmbedder(spec.card, spec.fingerprint, EmbedClient(emb, max_inflight=spec.inflight)),
         scorer,
         stream_config,
         spec.engine,

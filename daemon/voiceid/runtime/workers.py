@@ -20,7 +20,7 @@ connections over the workers) and do that per-stream work.
 - restarts a worker that dies (capped, jittered backoff); its streams end (their
   clients see the connection drop and reconnect).
 
-Bounded: each worker has at most one block in flight and its own ``max_pending``.
+Bounded: each worker has at most ``inflight`` requests out and its own ``max_pending``.
 """
 
 from __future__ import annotations
@@ -33,8 +33,9 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
+from functools import partial
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
@@ -45,9 +46,10 @@ from numpy.typing import NDArray
 from voiceid.config import Settings
 from voiceid.errors import VoiceidError
 from voiceid.runtime.blocks import BlockBatcher
+from voiceid.runtime.embclient import DEFAULT_INFLIGHT
 from voiceid.runtime.hub import EngineConfig, Hub, RemoteStream
 from voiceid.runtime.remote import WorkerSpec, worker_main
-from voiceid.runtime.wire import WireError, pack_embs, pack_error, unpack_feats
+from voiceid.runtime.wire import WireError, pack_embs, pack_error, seq_of, unpack_feats
 from voiceid.stream.pipeline import Scorer, StreamConfig
 
 log = logging.getLogger(__name__)
@@ -77,6 +79,32 @@ class _Worker:
             self.ctl.send(message)
         except (OSError, ValueError):
             self.gone = True
+
+
+class Gather:
+    """The answers to one request's groups (one per window length): one reply, in order."""
+
+    def __init__(self, seq: int, groups: int, send: Callable[[bytes], None]) -> None:
+        self.seq = seq
+        self.parts: list[NDArray[np.float32] | None] = [None] * groups
+        self.left = groups
+        self.error: str | None = None
+        self.send = send
+        self.lock = threading.Lock()
+
+    def got(self, i: int, embs: NDArray[np.float32] | None, error: str | None) -> None:
+        with self.lock:
+            if embs is None:
+                self.error = self.error or error or "failed"
+            else:  # a view of the model's output: copy before the next batch reuses it
+                self.parts[i] = embs.copy() if self.left > 1 else embs
+            self.left -= 1
+            if self.left:
+                return
+        if self.error is not None:
+            self.send(pack_error(self.seq, self.error))
+        else:
+            self.send(pack_embs(self.seq, np.concatenate([p for p in self.parts if p is not None])))
 
 
 def reserve_port(host: str, port: int) -> socket.socket:
@@ -126,6 +154,7 @@ class WorkerPool:
         workers: int,
         websocket_stats: Any,
         ports: dict[str, int] | None = None,
+        inflight: int = DEFAULT_INFLIGHT,
     ) -> None:
         self.hub = hub
         self.settings = settings
@@ -133,6 +162,7 @@ class WorkerPool:
         self.n = workers
         self.websocket_stats = websocket_stats
         self.ports = ports if ports is not None else {}
+        self.inflight = inflight
         self.restarts = 0
         ec = hub.engine_config
         self.batcher = BlockBatcher(
@@ -233,6 +263,7 @@ class WorkerPool:
                 batch_buckets=False,
             ),
             ports=dict(self.ports),
+            inflight=self.inflight,
         )
         process = self._ctx.Process(
             target=worker_main,
@@ -289,10 +320,10 @@ class WorkerPool:
 
     def _serve_embeddings(self, w: _Worker) -> None:
         conn = w.emb
+        lock = threading.Lock()  # replies come from the batcher thread and from here
 
-        def reply(embs: NDArray[np.float32] | None, error: str | None) -> None:
-            data = pack_embs(embs) if embs is not None else pack_error(error or "failed")
-            with contextlib.suppress(OSError, ValueError):  # the worker died meanwhile
+        def send(data: bytes) -> None:
+            with lock, contextlib.suppress(OSError, ValueError):  # the worker died meanwhile
                 conn.send_bytes(data)
 
         while True:
@@ -301,12 +332,16 @@ class WorkerPool:
             except (EOFError, OSError):
                 return
             try:
-                feats = unpack_feats(data)
+                seq, groups = unpack_feats(data)
             except WireError as exc:
-                log.error("worker %d sent a bad block: %s", w.wid, exc)
-                reply(None, str(exc))
+                log.error("worker %d sent a bad request: %s", w.wid, exc)
+                bad = seq_of(data)
+                if bad is not None:  # else the worker cannot be told which one (a bug)
+                    send(pack_error(bad, str(exc)))
                 continue
-            self.batcher.submit(feats, reply)
+            gather = Gather(seq, len(groups), send)
+            for i, feats in enumerate(groups):
+                self.batcher.submit(feats, partial(gather.got, i), producer=w.wid)
 
     # -- messages (loop thread) -----------------------------------------------------------
     def _handle(self, w: _Worker, message: tuple[Any, ...]) -> None:
