@@ -9,6 +9,20 @@ OUT=${OUT:-/tmp/out}
 step=$1
 py() { python3 "$@"; }
 vid() { python3 -m voiceid "$@"; }
+# voiceid bench streams over the daemon's worker processes (12 workers, 3 client processes,
+# staggered, 100 ms chunks, max_batch 512): pool_json OUT.json [more bench args]
+pool_json() {
+  local out=$1; shift
+  timeout 290 python3 -m voiceid bench streams --workers 12 --client-procs 3 --stagger \
+    --chunk-ms 100 --max-batch 512 --duration 12 --audio "$AUDIO" --json "$@" > "$out"
+  python3 - "$out" <<'PY'
+import json, sys
+for r in json.load(open(sys.argv[1]))["runs"]:
+    keys = ("mode", "streams", "windows_per_s", "delivered", "skipped_hops", "mean_batch",
+            "p50_ms", "p99_ms", "max_ms", "max_lag_ms", "cpu_per_wall", "gpu_util", "holds")
+    print({k: r.get(k) for k in keys}, r["extra"])
+PY
+}
 case $step in
 1)
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
@@ -181,5 +195,16 @@ s6-6)  # the batcher stops waiting once every worker has a block queued; workers
       --max-batch 512 --streams $n --duration 12 --audio "$AUDIO" --json > "$OUT/pool6-$n.json"
     python3 -c "import json,sys; r=json.load(open(sys.argv[1]))['runs'][0]; print({k: r[k] for k in ('mode','streams','windows_per_s','delivered','skipped_hops','mean_batch','p50_ms','p99_ms','max_ms','max_lag_ms','cpu_per_wall','gpu_util','holds')}, r['extra'])" "$OUT/pool6-$n.json"
   done
+  ;;
+# -- where the GPU time goes (kernel profile); the first Conv padded to 8 input channels ---
+s7-1)
+  timeout 300 python3 bench/gpu/kernels.py --out "$OUT/kernels.json"
+  ;;
+# -- workers: several requests in flight per worker, all window lengths in one request ------
+s7-2)
+  pool_json "$OUT/pool7-inflight4.json" --inflight 4 --streams 2100 2800 3500 4200 5600
+  ;;
+s7-3)  # side by side: one request in flight (like s6-6, but all lengths in it) vs 4
+  for f in 1 4; do pool_json "$OUT/pool7-cmp-$f.json" --inflight $f --streams 2800 4200; done
   ;;
 esac
