@@ -207,4 +207,8 @@ s7-2)
 s7-3)  # side by side: one request in flight (like s6-6, but all lengths in it) vs 4
   for f in 1 4; do pool_json "$OUT/pool7-cmp-$f.json" --inflight $f --streams 2800 4200; done
   ;;
+s7-4)  # where a hop's latency goes (extra.stages_ms), GIL switch interval 5 ms vs 1 ms
+  pool_json "$OUT/pool7-stages-sw5.json" --streams 2800 4200
+  pool_json "$OUT/pool7-stages-sw1.json" --streams 2800 4200 --switch-ms 1
+  ;;
 esac

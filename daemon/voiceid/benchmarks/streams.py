@@ -34,6 +34,7 @@ import resource
 import shutil
 import statistics
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -924,6 +925,7 @@ async def run_pool_streams(
     slice_s: float | None = None,
     stagger: bool = False,
     inflight: int | None = None,
+    switch_ms: float | None = None,
 ) -> StreamsResult:
     """N WebSocket clients -> the daemon's :class:`WorkerPool` (``websocket.workers``)
     -> one model in this process. Latency, skipped hops and counts come from the
@@ -941,8 +943,18 @@ async def run_pool_streams(
     port = int(sock.getsockname()[1])
     stats = WebSocketStats()
     inflight = inflight or DEFAULT_INFLIGHT
+    switch_s = None if switch_ms is None else switch_ms / 1000.0
+    switch_before = sys.getswitchinterval()
+    if switch_s is not None:  # this process is the daemon process
+        sys.setswitchinterval(switch_s)
     pool = WorkerPool(
-        hub, settings, port, workers=workers, websocket_stats=stats, inflight=inflight
+        hub,
+        settings,
+        port,
+        workers=workers,
+        websocket_stats=stats,
+        inflight=inflight,
+        switch_interval_s=switch_s,
     )
     await pool.start()
     supervisor = asyncio.create_task(pool.run())
@@ -954,6 +966,8 @@ async def run_pool_streams(
     )
     await asyncio.sleep(max(0.0, t0 - time.time()))
     hub.hop_latency_ms.clear()  # warm-up windows are not part of the run
+    for q in (*hub.stage_ms.values(), pool.batcher.wait_ms, pool.batcher.model_ms):
+        q.clear()
     wall0, cpu0 = time.perf_counter(), _cpu_s()
     b0 = pool.batcher.stats()
     cpu_w0 = {w.wid: float(w.stats.get("cpu_s", 0.0)) for w in pool.workers()}
@@ -977,6 +991,7 @@ async def run_pool_streams(
         await supervisor
     sock.close()
     await hub.close()
+    sys.setswitchinterval(switch_before)
     lat = list(hub.hop_latency_ms)
     p99 = _pct(lat, 0.99)
     extra = _client_extra(reports)
@@ -1021,10 +1036,21 @@ async def run_pool_streams(
             **extra,
             "workers": workers,
             "inflight": inflight,
+            "switch_ms": switch_ms,
             "worker_cpu_per_wall_max": round(max(worker_cpu, default=0.0) / wall, 2),
             "worker_cpu_per_wall_sum": round(sum(worker_cpu) / wall, 2),
             "ws_rejections": stats.rejections,
             "ws_rejected": dict(stats.rejected),
             "restarts": pool.restarts,
+            # p50 / p99 ms of each stage of a hop (worker: queued, embed = the round trip,
+            # decide) and inside the round trip (daemon: batch wait per block, model call)
+            "stages_ms": {
+                name: [_pct(list(q), 0.5), _pct(list(q), 0.99)]
+                for name, q in (
+                    *hub.stage_ms.items(),
+                    ("batch_wait", pool.batcher.wait_ms),
+                    ("model", pool.batcher.model_ms),
+                )
+            },
         },
     )

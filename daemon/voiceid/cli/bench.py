@@ -143,6 +143,12 @@ def register(sub: Any) -> None:
         default=None,
         help="--workers: embedding requests out per worker (default 4)",
     )
+    s.add_argument(
+        "--switch-ms",
+        type=float,
+        default=None,
+        help="--workers: GIL switch interval of every process (default: Python's 5 ms)",
+    )
     s.add_argument("--audio", type=Path, default=None)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_streams)
@@ -246,6 +252,7 @@ def cmd_streams(args: argparse.Namespace) -> int:
                     client_procs=args.client_procs,
                     stagger=args.stagger,
                     inflight=args.inflight,
+                    switch_ms=args.switch_ms,
                     **kw,
                 )
             )

@@ -71,6 +71,9 @@ class BlockBatcher:
         self._closing = False
         self._batches = self._windows = self._errors = self._failed = 0
         self._last_ms, self._last_size = 0.0, 0
+        # per block: ms queued here before its batch started; per batch: ms of the model call
+        self.wait_ms: deque[float] = deque(maxlen=100_000)
+        self.model_ms: deque[float] = deque(maxlen=100_000)
         self._thread = threading.Thread(target=self._work, name=name, daemon=True)
         self._thread.start()
 
@@ -130,6 +133,8 @@ class BlockBatcher:
                 taken.append(queue.popleft())
                 n += len(taken[-1].feats)
             self._waiting -= n
+            now = time.monotonic()
+            self.wait_ms.extend((now - b.at) * 1000.0 for b in taken)
             for b in taken:
                 left = self._queued[b.producer] - 1
                 if left:
@@ -166,9 +171,11 @@ class BlockBatcher:
         except Exception as exc:
             log.exception("embed failed on a batch of %d windows %s", n, x.shape[1:])
             error = f"{type(exc).__name__}: {exc}"
+        ms = (time.perf_counter() - t0) * 1000.0
+        self.model_ms.append(ms)
         with self._cond:
             self._batches += 1
-            self._last_ms, self._last_size = (time.perf_counter() - t0) * 1000.0, n
+            self._last_ms, self._last_size = ms, n
             if error is None:
                 self._windows += n
             else:

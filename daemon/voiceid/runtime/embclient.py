@@ -163,13 +163,14 @@ class RemoteEngine(BatchEngine):
             for req in batch:
                 groups.setdefault(req.feats.shape, []).append(req)
             ordered = list(groups.values())
-            answer = partial(self._answered, ordered, time.perf_counter())
+            answer = partial(self._answered, ordered, time.perf_counter(), time.time())
             self.client.request([[r.feats for r in g] for g in ordered], answer)
 
     def _answered(
         self,
         groups: list[list[WindowRequest]],
         t0: float,
+        sent_at: float,
         embs: NDArray[np.float32] | None,
         error: str | None,
     ) -> None:
@@ -185,10 +186,14 @@ class RemoteEngine(BatchEngine):
             else:
                 self._errors += 1
                 self._failed_windows += n
+        done_at = time.time()
         if error is None and embs is not None:
-            results = [EmbedResult(r, embs[i].copy()) for i, r in enumerate(requests)]
+            results = [
+                EmbedResult(r, embs[i].copy(), None, sent_at, done_at)
+                for i, r in enumerate(requests)
+            ]
         else:
-            results = [EmbedResult(r, None, error) for r in requests]
+            results = [EmbedResult(r, None, error, sent_at, done_at) for r in requests]
         try:
             assert self._deliver is not None
             self._deliver(results)

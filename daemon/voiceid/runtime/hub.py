@@ -37,6 +37,10 @@ log = logging.getLogger(__name__)
 Encoding = Literal["pcm_s16le", "f32le"]
 
 
+STAGES = ("queued", "embed", "decide")
+"""A hop's latency in stages (``Hub.stage_ms``): fed -> sent to the model -> back -> decided."""
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     max_batch: int = 64  # windows per inference call
@@ -159,6 +163,10 @@ class Hub:
         self._inflight: dict[int, LiveStream] = {}  # id(WindowRequest) -> its stream
         # hop -> decision latency (ms): last sample of the hop fed -> its result decided
         self.hop_latency_ms: deque[float] = deque(maxlen=100_000)
+        # the same hops split into stages (ms): fed -> sent to the model (front-end, engine
+        # queue), sent -> embeddings back (the model, or the round trip to the daemon
+        # process), back -> decided (the event loop, scoring)
+        self.stage_ms: dict[str, deque[float]] = {name: deque(maxlen=100_000) for name in STAGES}
         self._loop: asyncio.AbstractEventLoop | None = None
         # padding makes the shapes repeat for the GPU's static sessions and CUDA graphs; on
         # the CPU any batch size runs at the same speed per window and padding 9 windows to
@@ -318,3 +326,8 @@ class Hub:
             s.publish(s.core.on_scores(r.request, table[i], names))
         now = time.time()
         self.hop_latency_ms.extend((now - r.request.fed_at) * 1000.0 for r, _ in good)
+        if good[0][0].sent_at:
+            stage = self.stage_ms
+            stage["queued"].extend((r.sent_at - r.request.fed_at) * 1000.0 for r, _ in good)
+            stage["embed"].extend((r.done_at - r.sent_at) * 1000.0 for r, _ in good)
+            stage["decide"].extend((now - r.done_at) * 1000.0 for r, _ in good)

@@ -66,6 +66,7 @@ class WorkerSpec:
     engine: EngineConfig  # the worker's own batching, before the daemon's
     ports: dict[str, int]  # the daemon's bound ports (origin checks)
     inflight: int = DEFAULT_INFLIGHT  # embedding requests out at a time
+    switch_interval_s: float | None = None  # sys.setswitchinterval (None: Python's 5 ms)
 
 
 class RemoteEmbedder(Embedder):
@@ -220,12 +221,16 @@ class WorkerHub(Hub):
         """Counters since the last call (latencies, skipped, failed) and totals."""
         latencies = list(self.hop_latency_ms)
         self.hop_latency_ms.clear()
+        stages = {name: list(q) for name, q in self.stage_ms.items()}
+        for q in self.stage_ms.values():
+            q.clear()
         skipped = self.skipped_hops - self._sent_skipped
         failed = self.failed_windows - self._sent_failed
         self._sent_skipped, self._sent_failed = self.skipped_hops, self.failed_windows
         live = list(self.streams.values())
         return {
             "latency_ms": latencies,
+            "stage_ms": stages,
             "skipped_hops": skipped,
             "failed_windows": failed,
             "streams": len(live),
@@ -244,6 +249,8 @@ def worker_main(spec: WorkerSpec, ctl: Connection, emb: Connection) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _logging(spec)
+    if spec.switch_interval_s is not None:
+        sys.setswitchinterval(spec.switch_interval_s)
     try:
         import uvloop
 

@@ -155,6 +155,7 @@ class WorkerPool:
         websocket_stats: Any,
         ports: dict[str, int] | None = None,
         inflight: int = DEFAULT_INFLIGHT,
+        switch_interval_s: float | None = None,
     ) -> None:
         self.hub = hub
         self.settings = settings
@@ -163,6 +164,7 @@ class WorkerPool:
         self.websocket_stats = websocket_stats
         self.ports = ports if ports is not None else {}
         self.inflight = inflight
+        self.switch_interval_s = switch_interval_s
         self.restarts = 0
         ec = hub.engine_config
         self.batcher = BlockBatcher(
@@ -264,6 +266,7 @@ class WorkerPool:
             ),
             ports=dict(self.ports),
             inflight=self.inflight,
+            switch_interval_s=self.switch_interval_s,
         )
         process = self._ctx.Process(
             target=worker_main,
@@ -381,6 +384,8 @@ class WorkerPool:
     def _add_stats(self, w: _Worker, stats: dict[str, Any]) -> None:
         hub = self.hub
         hub.hop_latency_ms.extend(stats["latency_ms"])
+        for name, values in stats["stage_ms"].items():
+            hub.stage_ms[name].extend(values)
         hub.skipped_hops += stats["skipped_hops"]
         hub.failed_windows += stats["failed_windows"]
         w.stats = stats

@@ -37,11 +37,16 @@ EmbedFn = Callable[[NDArray[np.float32]], NDArray[np.floating]]
 
 @dataclass(frozen=True, slots=True, eq=False)
 class EmbedResult:
-    """One window's outcome: ``embedding`` float32 [D], or ``error`` (a one-line message)."""
+    """One window's outcome: ``embedding`` float32 [D], or ``error`` (a one-line message).
+
+    ``sent_at`` / ``done_at``: unix seconds when its batch went to the model and came back
+    (0.0 when unknown): with ``request.fed_at`` they split a hop's latency into stages."""
 
     request: WindowRequest
     embedding: NDArray[np.float32] | None
     error: str | None = None
+    sent_at: float = 0.0
+    done_at: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -212,6 +217,7 @@ class BatchEngine:
         if size > n:
             x = np.concatenate([x, np.zeros((size - n, *x.shape[1:]), dtype=np.float32)])
         t0 = time.perf_counter()
+        sent_at = time.time()
         error: str | None = None
         try:
             with self.embed_lock:
@@ -230,6 +236,7 @@ class BatchEngine:
             else:
                 self._errors += 1
                 self._failed_windows += n
+        done_at = time.time()
         if error is not None:
-            return [EmbedResult(r, None, error) for r in group]
-        return [EmbedResult(r, y[i].copy()) for i, r in enumerate(group)]
+            return [EmbedResult(r, None, error, sent_at, done_at) for r in group]
+        return [EmbedResult(r, y[i].copy(), None, sent_at, done_at) for i, r in enumerate(group)]
