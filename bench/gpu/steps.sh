@@ -211,4 +211,7 @@ s7-4)  # where a hop's latency goes (extra.stages_ms), GIL switch interval 5 ms 
   pool_json "$OUT/pool7-stages-sw5.json" --streams 2800 4200
   pool_json "$OUT/pool7-stages-sw1.json" --streams 2800 4200 --switch-ms 1
   ;;
+s7-5)  # the daemon reads requests with one recv_into(MSG_WAITALL) into reused buffers
+  pool_json "$OUT/pool7-recvinto.json" --streams 2800 3500 4200 5600
+  ;;
 esac

@@ -40,7 +40,7 @@ class WireError(VoiceidError):
     """A malformed message between daemon processes (a bug or a dying peer)."""
 
 
-def pack_feats(seq: int, groups: Sequence[Windows]) -> bytes:
+def pack_feats(seq: int, groups: Sequence[Windows]) -> bytearray:
     """Request ``seq``: each group's windows written once, straight into the message."""
     if not 0 < len(groups) <= MAX_GROUPS:
         raise WireError(f"a request holds 1..{MAX_GROUPS} groups, got {len(groups)}")
@@ -64,7 +64,7 @@ def pack_feats(seq: int, groups: Sequence[Windows]) -> bytes:
             for row, window in zip(block, g, strict=True):  # a window of another shape raises
                 np.copyto(row, window, casting="same_kind")
         at += block.nbytes
-    return bytes(out)
+    return out
 
 
 def pack_embs(seq: int, embs: NDArray[np.floating]) -> bytes:
@@ -81,7 +81,10 @@ def pack_error(seq: int, message: str) -> bytes:
     return _HEAD.pack(FAIL, seq, len(text), 0) + text
 
 
-def unpack_feats(data: bytes) -> tuple[int, list[NDArray[np.float32]]]:
+Buffer = bytes | bytearray | memoryview
+
+
+def unpack_feats(data: Buffer) -> tuple[int, list[NDArray[np.float32]]]:
     """One ``FEATS`` message -> (seq, groups [n, T, F]) as read-only views of ``data``."""
     seq, k, _ = _head(data, FEATS)
     if not 0 < k <= MAX_GROUPS:
@@ -120,12 +123,12 @@ def unpack_reply(data: bytes) -> tuple[int, NDArray[np.float32] | None, str | No
     return seq, np.frombuffer(data, np.float32, offset=_HEAD.size).reshape(n, d), None
 
 
-def seq_of(data: bytes) -> int | None:
+def seq_of(data: Buffer) -> int | None:
     """The sequence number of a (maybe malformed) message, None if even that is cut off."""
     return int(_HEAD.unpack_from(data)[1]) if len(data) >= _HEAD.size else None
 
 
-def _head(data: bytes, kind: bytes) -> tuple[int, int, int]:
+def _head(data: Buffer, kind: bytes) -> tuple[int, int, int]:
     if len(data) < _HEAD.size:
         raise WireError(f"message of {len(data)} bytes is shorter than its header")
     got, seq, a, b = _HEAD.unpack_from(data)

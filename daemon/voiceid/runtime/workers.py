@@ -48,6 +48,7 @@ from voiceid.errors import VoiceidError
 from voiceid.runtime.blocks import BlockBatcher
 from voiceid.runtime.embclient import DEFAULT_INFLIGHT
 from voiceid.runtime.hub import EngineConfig, Hub, RemoteStream
+from voiceid.runtime.pipes import BufferedReceiver
 from voiceid.runtime.remote import WorkerSpec, worker_main
 from voiceid.runtime.wire import WireError, pack_embs, pack_error, seq_of, unpack_feats
 from voiceid.stream.pipeline import Scorer, StreamConfig
@@ -84,8 +85,15 @@ class _Worker:
 class Gather:
     """The answers to one request's groups (one per window length): one reply, in order."""
 
-    def __init__(self, seq: int, groups: int, send: Callable[[bytes], None]) -> None:
+    def __init__(
+        self,
+        seq: int,
+        groups: int,
+        send: Callable[[bytes], None],
+        release: Callable[[], None] | None = None,
+    ) -> None:
         self.seq = seq
+        self.release = release  # the request's buffer: every group has been copied
         self.parts: list[NDArray[np.float32] | None] = [None] * groups
         self.left = groups
         self.error: str | None = None
@@ -101,6 +109,8 @@ class Gather:
             self.left -= 1
             if self.left:
                 return
+        if self.release is not None:
+            self.release()
         if self.error is not None:
             self.send(pack_error(self.seq, self.error))
         else:
@@ -329,22 +339,27 @@ class WorkerPool:
             with lock, contextlib.suppress(OSError, ValueError):  # the worker died meanwhile
                 conn.send_bytes(data)
 
-        while True:
-            try:
-                data = conn.recv_bytes()
-            except (EOFError, OSError):
-                return
-            try:
-                seq, groups = unpack_feats(data)
-            except WireError as exc:
-                log.error("worker %d sent a bad request: %s", w.wid, exc)
-                bad = seq_of(data)
-                if bad is not None:  # else the worker cannot be told which one (a bug)
-                    send(pack_error(bad, str(exc)))
-                continue
-            gather = Gather(seq, len(groups), send)
-            for i, feats in enumerate(groups):
-                self.batcher.submit(feats, partial(gather.got, i), producer=w.wid)
+        inbox = BufferedReceiver(conn)
+        try:
+            while True:
+                try:
+                    buf, data = inbox.recv()
+                except (EOFError, OSError):
+                    return
+                try:
+                    seq, groups = unpack_feats(data)
+                except WireError as exc:
+                    log.error("worker %d sent a bad request: %s", w.wid, exc)
+                    bad = seq_of(data)
+                    inbox.release(buf)
+                    if bad is not None:  # else the worker cannot be told which one (a bug)
+                        send(pack_error(bad, str(exc)))
+                    continue
+                gather = Gather(seq, len(groups), send, partial(inbox.release, buf))
+                for i, feats in enumerate(groups):
+                    self.batcher.submit(feats, partial(gather.got, i), producer=w.wid)
+        finally:
+            inbox.close()
 
     # -- messages (loop thread) -----------------------------------------------------------
     def _handle(self, w: _Worker, message: tuple[Any, ...]) -> None:
