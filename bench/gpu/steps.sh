@@ -214,4 +214,29 @@ s7-4)  # where a hop's latency goes (extra.stages_ms), GIL switch interval 5 ms 
 s7-5)  # the daemon reads requests with one recv_into(MSG_WAITALL) into reused buffers
   pool_json "$OUT/pool7-recvinto.json" --streams 2800 3500 4200 5600
   ;;
+s7-6)  # who holds the daemon process's GIL at 4,200 streams, and a worker's time (py-spy;
+       # its wheel carried in .pyspy)
+  python3 -m pip install -q --no-index --no-deps --target /tmp/pyspy .pyspy/*.whl
+  timeout 200 python3 -m voiceid bench streams --workers 12 --client-procs 3 --stagger \
+    --chunk-ms 100 --max-batch 512 --duration 24 --audio "$AUDIO" --json --streams 4200 \
+    > "$OUT/pool7-spy.json" 2> "$OUT/pool7-spy.log" &
+  pid=$!
+  sleep 88
+  kids=$(pgrep -P $pid | sort -n | tr '\n' ' '); echo "children: $kids"
+  w=$(echo $kids | cut -d' ' -f3)
+  ps -o pid,rss,pcpu,args -p $w | cut -c1-120
+  /tmp/pyspy/bin/py-spy record --pid $w --duration 12 --rate 250 --format raw --threads \
+    --nonblocking -o "$OUT/spy-worker.txt" > /dev/null 2>&1 &
+  /tmp/pyspy/bin/py-spy record --pid $pid --duration 12 --rate 250 --format raw --threads \
+    --gil --nonblocking -o "$OUT/spy-daemon-gil.txt" 2>&1 | tail -2
+  wait
+  python3 - "$OUT/pool7-spy.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))["runs"][0]
+print(r["streams"], r["p50_ms"], r["p99_ms"], r["cpu_per_wall"], r["extra"]["stages_ms"])
+PY
+  for f in "$OUT"/spy-*.txt; do
+    echo "== $f"; python3 bench/gpu/spy_top.py "$f" | head -40
+  done
+  ;;
 esac
