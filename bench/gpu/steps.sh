@@ -220,15 +220,18 @@ s7-6)  # who holds the daemon process's GIL at 4,200 streams, and a worker's tim
   timeout 200 python3 -m voiceid bench streams --workers 12 --client-procs 3 --stagger \
     --chunk-ms 100 --max-batch 512 --duration 24 --audio "$AUDIO" --json --streams 4200 \
     > "$OUT/pool7-spy.json" 2> "$OUT/pool7-spy.log" &
-  pid=$!
-  sleep 88
-  kids=$(pgrep -P $pid | sort -n | tr '\n' ' '); echo "children: $kids"
+  tpid=$!; sleep 2; pid=$(pgrep -P $tpid | head -1)
+  for _ in $(seq 180); do  # 12 workers and 3 client processes: the clients start in 13.5 s
+    [ "$(pgrep -P $pid | wc -l)" -ge 15 ] && break; sleep 1
+  done
+  sleep 16
+  kids=$(pgrep -P $pid | sort -n | tr '\n' ' '); echo "daemon $pid, children: $kids"
   w=$(echo $kids | cut -d' ' -f3)
   ps -o pid,rss,pcpu,args -p $w | cut -c1-120
   /tmp/pyspy/bin/py-spy record --pid $w --duration 12 --rate 250 --format raw --threads \
     --nonblocking -o "$OUT/spy-worker.txt" > /dev/null 2>&1 &
   /tmp/pyspy/bin/py-spy record --pid $pid --duration 12 --rate 250 --format raw --threads \
-    --gil --nonblocking -o "$OUT/spy-daemon-gil.txt" 2>&1 | tail -2
+    --gil --nonblocking -o "$OUT/spy-daemon-gil.txt" 2>&1 | tail -1
   wait
   python3 - "$OUT/pool7-spy.json" <<'PY'
 import json, sys
@@ -236,7 +239,7 @@ r = json.load(open(sys.argv[1]))["runs"][0]
 print(r["streams"], r["p50_ms"], r["p99_ms"], r["cpu_per_wall"], r["extra"]["stages_ms"])
 PY
   for f in "$OUT"/spy-*.txt; do
-    echo "== $f"; python3 bench/gpu/spy_top.py "$f" | head -40
+    echo "== $f"; python3 bench/gpu/spy_top.py "$f" --top 12
   done
   ;;
 esac
