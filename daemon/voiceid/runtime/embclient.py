@@ -22,7 +22,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from voiceid.runtime.wire import Windows, WireError, pack_feats, unpack_reply
-from voiceid.stream.engine import BatchEngine, DeliverFn, EmbedResult
+from voiceid.stream.engine import BatchEngine, DeliverFn
 from voiceid.stream.scheduler import WindowRequest
 
 log = logging.getLogger(__name__)
@@ -178,26 +178,4 @@ class RemoteEngine(BatchEngine):
         n = len(requests)
         if error is None and (embs is None or embs.shape[0] != n):
             error = f"reply of shape {None if embs is None else embs.shape} for {n} windows"
-        with self._cond:
-            self._batches += 1
-            self._last_ms, self._last_size = (time.perf_counter() - t0) * 1000.0, n
-            if error is None:
-                self._windows += n
-            else:
-                self._errors += 1
-                self._failed_windows += n
-        done_at = time.time()
-        if error is None and embs is not None:
-            results = [
-                EmbedResult(r, embs[i].copy(), None, sent_at, done_at)
-                for i, r in enumerate(requests)
-            ]
-        else:
-            results = [EmbedResult(r, None, error, sent_at, done_at) for r in requests]
-        try:
-            assert self._deliver is not None
-            self._deliver(results)
-        except Exception:
-            log.exception("deliver callback failed for %d results", n)
-            with self._cond:
-                self._deliver_errors += 1
+        self._deliver_safely(self._results(requests, embs, error, t0, sent_at))

@@ -176,14 +176,16 @@ class BatchEngine:
             batch = self._collect()
             if batch is None:
                 return
-            results = self._process(batch)
-            try:
-                assert self._deliver is not None
-                self._deliver(results)
-            except Exception:
-                log.exception("deliver callback failed for %d results", len(results))
-                with self._cond:
-                    self._deliver_errors += 1
+            self._deliver_safely(self._process(batch))
+
+    def _deliver_safely(self, results: list[EmbedResult]) -> None:
+        try:
+            assert self._deliver is not None
+            self._deliver(results)
+        except Exception:
+            log.exception("deliver callback failed for %d results", len(results))
+            with self._cond:
+                self._deliver_errors += 1
 
     def _collect(self) -> list[WindowRequest] | None:
         """Wait for work; None when closing with an empty queue."""
@@ -219,6 +221,7 @@ class BatchEngine:
         t0 = time.perf_counter()
         sent_at = time.time()
         error: str | None = None
+        y: NDArray[np.float32] | None = None
         try:
             with self.embed_lock:
                 y = np.asarray(self._embed(x), dtype=np.float32)
@@ -227,16 +230,29 @@ class BatchEngine:
         except Exception as exc:
             log.exception("embed failed on a batch of %d windows %s", n, x.shape[1:])
             error = f"{type(exc).__name__}: {exc}"
-        ms = (time.perf_counter() - t0) * 1000.0
+        return self._results(group, None if error else y, error, t0, sent_at)
+
+    def _results(
+        self,
+        requests: list[WindowRequest],
+        embs: NDArray[np.float32] | None,
+        error: str | None,
+        t0: float,
+        sent_at: float,
+    ) -> list[EmbedResult]:
+        """Count one model call (started at ``t0``, perf counter) and give its results."""
+        n = len(requests)
         with self._cond:
             self._batches += 1
-            self._last_ms, self._last_size = ms, n
+            self._last_ms, self._last_size = (time.perf_counter() - t0) * 1000.0, n
             if error is None:
                 self._windows += n
             else:
                 self._errors += 1
                 self._failed_windows += n
         done_at = time.time()
-        if error is not None:
-            return [EmbedResult(r, None, error, sent_at, done_at) for r in group]
-        return [EmbedResult(r, y[i].copy(), None, sent_at, done_at) for i, r in enumerate(group)]
+        if error is not None or embs is None:
+            return [EmbedResult(r, None, error, sent_at, done_at) for r in requests]
+        return [
+            EmbedResult(r, embs[i].copy(), None, sent_at, done_at) for i, r in enumerate(requests)
+        ]
