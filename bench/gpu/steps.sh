@@ -214,6 +214,9 @@ s7-4)  # where a hop's latency goes (extra.stages_ms), GIL switch interval 5 ms 
 s7-5)  # the daemon reads requests with one recv_into(MSG_WAITALL) into reused buffers
   pool_json "$OUT/pool7-recvinto.json" --streams 2800 3500 4200 5600
   ;;
+s7-7)  # the worker's engine sends from its event loop (no send thread): one request per iteration
+  pool_json "$OUT/pool7-loopsend.json" --streams 2100 2800 3500 4200 5600
+  ;;
 s7-6)  # who holds the daemon process's GIL at 4,200 streams, and a worker's time (py-spy;
        # its wheel carried in .pyspy)
   python3 -m pip install -q --no-index --no-deps --target /tmp/pyspy .pyspy/*.whl
