@@ -224,6 +224,8 @@ def test_real_daemon_ready_watchdog_reload_stop(
         assert order[-1] == "STOPPING", order
         assert order.index("RELOADING") > order.index("WATCHDOG"), order
         reloaded = order.index("RELOADING") + 1
+        if order[reloaded] == "WATCHDOG":  # a ping may come while the profiles load
+            reloaded += 1
         assert order[reloaded] == "READY", order
         assert "WATCHDOG" in order[reloaded:], order  # pings go on after the reload
         assert order.count("STOPPING") == 1

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import multiprocessing as mp
 import os
 import socket
@@ -152,7 +151,7 @@ def request(seq: int, frames: int) -> WindowRequest:
     return WindowRequest("s", seq, seq * 8000, seq * 0.5, win(seq, frames), 0.0, 2.0)
 
 
-def test_remote_engine_sends_one_request_per_loop_iteration_and_more_on_answers(pipe) -> None:  # type: ignore[no-untyped-def]
+def test_remote_engine_sends_queued_windows_as_one_request_per_batch(pipe) -> None:  # type: ignore[no-untyped-def]
     here, there = pipe
     daemon = Daemon(there)
     delivered: list[Sequence[EmbedResult]] = []
@@ -162,50 +161,26 @@ def test_remote_engine_sends_one_request_per_loop_iteration_and_more_on_answers(
         delivered.append(results)
         done.release()
 
-    engine = RemoteEngine(EmbedClient(here, max_inflight=1), deliver, max_batch=8, max_pending=64)
-
-    async def main() -> None:
-        for i, frames in enumerate([10, 12, 10], start=1):  # one loop iteration
+    engine = RemoteEngine(EmbedClient(here, max_inflight=2), deliver, max_batch=8, max_pending=64)
+    with engine._cond:  # queue them all before the engine thread looks: one batch
+        for i, frames in enumerate([10, 12, 10], start=1):
             assert engine.submit(request(i, frames))
-        await asyncio.sleep(0.05)
-        assert engine.submit(request(4, 10))  # the only slot is out: it waits
-        (seq,) = await asyncio.to_thread(daemon.wait, 1)
-        assert [g.shape[:2] for g in daemon.requests[seq]] == [(2, 10), (1, 12)]
-        await asyncio.sleep(0.2)
-        assert not daemon.arrived.acquire(timeout=0.01) and engine.stats().pending == 1
-        daemon.answer(seq)  # frees the slot: request 4 goes out
-        (seq4,) = [s for s in await asyncio.to_thread(daemon.wait, 1) if s != seq]
-        daemon.answer(seq4, error="boom")
-
-    asyncio.run(main())
-    for _ in range(2):
-        assert done.acquire(timeout=5)
-    (r1, r3, r2), (r4,) = delivered  # rows in request order: grouped by length
+    (seq,) = daemon.wait(1)
+    assert [g.shape[:2] for g in daemon.requests[seq]] == [(2, 10), (1, 12)]
+    daemon.answer(seq)
+    assert done.acquire(timeout=5)
+    ((r1, r3, r2),) = delivered  # rows in request order: grouped by length
     assert [r.request.seq for r in (r1, r2, r3)] == [1, 2, 3]
     assert all(r.ok and r.embedding is not None and r.embedding[0] == r.request.seq
                for r in (r1, r2, r3))  # fmt: skip
-    assert r4.error == "boom" and r1.sent_at <= r1.done_at
+    assert engine.submit(request(4, 10))
+    (seq4,) = [s for s in daemon.wait(1) if s != seq]
+    daemon.answer(seq4, error="boom")
+    assert done.acquire(timeout=5)
+    assert delivered[-1][0].error == "boom"
     engine.close()
     s = engine.stats()
-    assert (s.batches, s.windows, s.errors, s.failed_windows, s.pending) == (2, 3, 1, 1, 0)
-
-
-def test_remote_engine_close_sends_what_is_queued(pipe) -> None:  # type: ignore[no-untyped-def]
-    here, there = pipe
-    daemon = Daemon(there)
-    got: list[EmbedResult] = []
-    engine = RemoteEngine(EmbedClient(here), got.extend, max_batch=2, max_pending=8)
-    engine._loop = None  # no loop: queue by hand, as if the loop stopped before flushing
-    with engine._cond:
-        engine._queue.extend(request(i, 10) for i in range(1, 4))
-    closer = threading.Thread(target=engine.close)
-    closer.start()
-    for seq in daemon.wait(2):  # 3 windows, max_batch 2: two requests
-        daemon.answer(seq)
-    closer.join(5)
-    assert not closer.is_alive() and sorted(r.request.seq for r in got) == [1, 2, 3]
-    assert not engine.submit(request(9, 10))  # closed: refused, counted
-    assert engine.stats().skipped == 1
+    assert (s.batches, s.windows, s.errors, s.failed_windows) == (2, 3, 1, 1)
 
 
 def test_gather_replies_once_in_group_order_or_fails_whole() -> None:

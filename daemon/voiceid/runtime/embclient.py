@@ -2,17 +2,14 @@
 
 :class:`EmbedClient` sends requests (``runtime/wire.py``) to the daemon process and a
 reader thread matches each reply to its request by ``seq``. :class:`RemoteEngine` is the
-worker hub's engine. It has no thread of its own: the windows that the event loop cuts
-in one iteration go out at the end of it as one request (all window lengths together),
-without waiting for earlier answers, at most ``max_inflight`` requests out at a time.
-When all are out, windows queue up to ``max_pending``; beyond that, hops are skipped, as
-with the local engine. An answer frees a slot and sends what is queued.
+worker hub's engine: it sends every window that is queued as one request (all window
+lengths together) without waiting for the previous answer, at most ``max_inflight``
+requests out at a time (then it blocks, and windows queue up to ``max_pending``, beyond
+which hops are skipped: bounded like the local engine).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import itertools
 import logging
 import threading
@@ -41,7 +38,6 @@ class EmbedClient:
 
     def __init__(self, conn: Connection, *, max_inflight: int = DEFAULT_INFLIGHT) -> None:
         self._conn = conn
-        self.max_inflight = max_inflight
         self._slots = threading.Semaphore(max_inflight)
         self._send_lock = threading.Lock()
         self._cond = threading.Condition()
@@ -51,20 +47,18 @@ class EmbedClient:
         self._reader = threading.Thread(target=self._read, name="voiceid-emb-replies", daemon=True)
         self._reader.start()
 
-    def request(self, groups: Sequence[Windows], answer: Answer, *, block: bool = True) -> bool:
+    def request(self, groups: Sequence[Windows], answer: Answer) -> None:
         """Send groups of windows; ``answer`` gets their embeddings in order, once.
 
-        While ``max_inflight`` requests are out: waits, or returns False (nothing sent) when
-        not ``block``."""
-        if not self._slots.acquire(blocking=block):
-            return False
+        Blocks while ``max_inflight`` requests are out."""
+        self._slots.acquire()
         with self._cond:
             seq = next(self._seq) & 0xFFFFFFFF
             self._pending[seq] = answer
             gone = self._gone
         if gone is not None:
             self._finish(seq, None, gone)
-            return True
+            return
         try:
             data = pack_feats(seq, groups)
             with self._send_lock:
@@ -73,7 +67,6 @@ class EmbedClient:
             self._finish(seq, None, str(exc))
         except (OSError, ValueError) as exc:
             self._finish(seq, None, f"the daemon process is gone ({exc})")
-        return True
 
     def embed(self, feats: NDArray[np.float32]) -> NDArray[np.float32]:
         """One blocking round trip: [B, T, F] -> [B, D]; a failure raises ``WireError``."""
@@ -99,11 +92,6 @@ class EmbedClient:
     def inflight(self) -> int:
         with self._cond:
             return len(self._pending)
-
-    @property
-    def full(self) -> bool:
-        """Are ``max_inflight`` requests out?"""
-        return self.inflight >= self.max_inflight
 
     # -- reader thread --------------------------------------------------------------------
     def _read(self) -> None:
@@ -144,7 +132,7 @@ class EmbedClient:
 
 
 class RemoteEngine(BatchEngine):
-    """The worker hub's engine: each loop iteration's windows go out as one request."""
+    """The worker hub's engine: queued windows go out as one request, several in flight."""
 
     def __init__(
         self,
@@ -160,52 +148,23 @@ class RemoteEngine(BatchEngine):
             max_pending=max_pending, name=name,
         )  # fmt: skip
         self.client = client
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._flush_soon = False
-
-    def submit(self, request: WindowRequest) -> bool:
-        """Queue a window (event loop thread); False (counted) when the queue is full."""
-        with self._cond:
-            if self._closing or len(self._queue) >= self.max_pending:
-                self._skipped += 1
-                return False
-            self._queue.append(request)
-        if not self._flush_soon:  # once per loop iteration, after the other callbacks
-            self._flush_soon = True
-            self._loop = self._loop or asyncio.get_running_loop()
-            self._loop.call_soon(self._flush)
-        return True
 
     def close(self, timeout_s: float | None = 10.0) -> None:
         """Send what is queued, then wait for the answers of every request out."""
-        with self._cond:
-            self._closing = True
-        self._flush(block=True)
-        if not self.client.drain(1e9 if timeout_s is None else timeout_s):
+        t0 = time.monotonic()
+        super().close(timeout_s)
+        left = None if timeout_s is None else max(0.0, timeout_s - (time.monotonic() - t0))
+        if not self.client.drain(1e9 if left is None else left):
             log.error("%d embedding requests unanswered at close", self.client.inflight)
 
-    def _flush(self, *, block: bool = False) -> None:
-        """Send the queue as requests of at most ``max_batch`` windows while slots are free."""
-        self._flush_soon = False
-        while True:
-            with self._cond:
-                n = min(self.max_batch, len(self._queue))
-                batch = [self._queue.popleft() for _ in range(n)]
-            if not batch:
-                return
+    def _work(self) -> None:
+        while (batch := self._collect()) is not None:
             groups: dict[tuple[int, ...], list[WindowRequest]] = {}
             for req in batch:
                 groups.setdefault(req.feats.shape, []).append(req)
             ordered = list(groups.values())
             answer = partial(self._answered, ordered, time.perf_counter(), time.time())
-            feats = [[r.feats for r in g] for g in ordered]
-            if not self.client.request(feats, answer, block=block):
-                with self._cond:  # every slot is out: the next answer sends these
-                    self._queue.extendleft(reversed(batch))
-                if not self.client.full and self._loop is not None:  # it came meanwhile
-                    self._flush_soon = True
-                    self._loop.call_soon(self._flush)
-                return
+            self.client.request([[r.feats for r in g] for g in ordered], answer)
 
     def _answered(
         self,
@@ -220,7 +179,3 @@ class RemoteEngine(BatchEngine):
         if error is None and (embs is None or embs.shape[0] != n):
             error = f"reply of shape {None if embs is None else embs.shape} for {n} windows"
         self._deliver_safely(self._results(requests, embs, error, t0, sent_at))
-        loop = self._loop
-        if self._queue and loop is not None and not self._closing:  # a slot is free now
-            with contextlib.suppress(RuntimeError):  # the loop is closed
-                loop.call_soon_threadsafe(self._flush)
