@@ -217,9 +217,10 @@ s7-5)  # the daemon reads requests with one recv_into(MSG_WAITALL) into reused b
 s7-7)  # the worker's engine sends from its event loop (no send thread): one request per iteration
   pool_json "$OUT/pool7-loopsend.json" --streams 2100 2800 3500 4200 5600
   ;;
-s7-8)  # nvidia-h200-x4 (64 cores, one of its GPUs used): 40 workers, 12 client processes
+s7-8)  # a host with more cores (nvidia-h200-x2: 32; one of its GPUs used): 24 workers,
+       # 6 client processes
   nvidia-smi --query-gpu=name --format=csv,noheader | head -1; nproc
-  pool_json "$OUT/pool7-x4.json" --workers 40 --client-procs 12 --streams 4200 5600 7000 8400
+  pool_json "$OUT/pool7-x2.json" --workers 24 --client-procs 6 --streams 2800 4200 5600
   ;;
 s7-6)  # who holds the daemon process's GIL at 4,200 streams, and a worker's time (py-spy;
        # its wheel carried in .pyspy)
