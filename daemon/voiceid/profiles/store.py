@@ -1108,24 +1108,21 @@ def _reseal(conn: sqlite3.Connection, old: _Codec, new: _Codec) -> int:
     transaction). Returns the number of profiles touched. ``ValueError`` or
     ``TemplateAuthError`` for a row ``old`` cannot read (nothing is then committed)."""
     profiles: set[str] = set()
-    rows = conn.execute("SELECT profile_id, idx, dim, enc, vector FROM centroids").fetchall()
-    for pid, idx, dim, enc, blob in rows:
-        vec = old.open(blob, enc, dim, pid, "centroid", idx)
-        new_enc, new_blob = new.seal(vec, pid, "centroid", idx)
-        conn.execute(
-            "UPDATE centroids SET enc = ?, vector = ? WHERE profile_id = ? AND idx = ?",
-            (new_enc, new_blob, pid, idx),
-        )
-        profiles.add(pid)
-    rows = conn.execute("SELECT profile_id, idx, dim, enc, embedding FROM utterances").fetchall()
-    for pid, idx, dim, enc, blob in rows:
-        vec = old.open(blob, enc, dim, pid, "utterance", idx)
-        new_enc, new_blob = new.seal(vec, pid, "utterance", idx)
-        conn.execute(
-            "UPDATE utterances SET enc = ?, embedding = ? WHERE profile_id = ? AND idx = ?",
-            (new_enc, new_blob, pid, idx),
-        )
-        profiles.add(pid)
+    # (table, BLOB column, the kind bound into each sealed vector): fixed names, not input
+    tables: tuple[tuple[str, str, Kind], ...] = (
+        ("centroids", "vector", "centroid"),
+        ("utterances", "embedding", "utterance"),
+    )
+    for table, column, kind in tables:
+        rows = conn.execute(f"SELECT profile_id, idx, dim, enc, {column} FROM {table}")
+        for pid, idx, dim, enc, blob in rows.fetchall():
+            vec = old.open(blob, enc, dim, pid, kind, idx)
+            new_enc, new_blob = new.seal(vec, pid, kind, idx)
+            conn.execute(
+                f"UPDATE {table} SET enc = ?, {column} = ? WHERE profile_id = ? AND idx = ?",
+                (new_enc, new_blob, pid, idx),
+            )
+            profiles.add(pid)
     return len(profiles)
 
 
